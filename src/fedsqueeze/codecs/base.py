@@ -1,0 +1,167 @@
+"""The codec contract (after numcodecs): ``encode(tensors, seed=) -> bytes``, ``decode(bytes) -> tensors``.
+
+A codec is a frozen dataclass whose fields are its configuration; ``get_config``/``from_config``
+round-trip through JSON. Its output is a full wire payload (see ``fedsqueeze.wire.payload``): the
+header names the codec, its config, the seed and the tensors, so ``decode`` needs nothing else.
+
+Subclasses implement either the per-tensor hooks ``encode_tensor``/``decode_tensor`` (the body is
+then one length-prefixed chunk per tensor) or the whole-body hooks ``encode_body``/``decode_body``.
+Randomness comes only from the seed: same input and seed, same bytes.
+
+Stateful tricks (error feedback) override ``encode_stateful``; the engine keeps the state in the
+client (or server) state store, never in the codec object.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from fedsqueeze.errors import CodecError, PayloadError
+from fedsqueeze.seeding import derive_seed
+from fedsqueeze.wire.payload import Header, TensorSpec, pack, unpack
+from fedsqueeze.wire.varint import Reader, write_chunk
+
+Tensors = dict[str, torch.Tensor]
+DEFAULT_MAX_NUMEL = 1 << 27  # 128 M elements (512 MB as fp32) unless the caller says otherwise
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec:
+    """Base class; subclasses are frozen dataclasses registered by ``codec_id``."""
+
+    codec_id: ClassVar[str] = ""
+    lossless: ClassVar[bool] = False
+    unbiased: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
+
+    # ---- configuration -------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Codec":
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in config:
+            if key not in names:
+                hint = difflib.get_close_matches(key, names, n=1)
+                allowed = ", ".join(names) or "none"
+                raise CodecError(f"codec {cls.codec_id!r} has no option {key!r}"
+                                 + (f" (did you mean {hint[0]!r}?)" if hint else f"; options: {allowed}"))
+        try:
+            return cls(**dict(config))
+        except TypeError as e:
+            raise CodecError(f"codec {cls.codec_id!r}: {e}") from e
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.get_config().items())
+        return f"{self.codec_id}({args})" if args else self.codec_id
+
+    # ---- public API ------------------------------------------------------------------------
+    def encode(self, tensors: Mapping[str, torch.Tensor], *, seed: int = 0) -> bytes:
+        specs = tuple(TensorSpec.of(name, t) for name, t in tensors.items())
+        values = []
+        for spec, t in zip(specs, tensors.values()):
+            t = t.detach()
+            if t.is_floating_point():
+                t = t.to(torch.float32)
+                if t.numel() and not bool(torch.isfinite(t).all()):
+                    raise CodecError(f"tensor {spec.name!r} contains NaN or Inf; refusing to encode it")
+            values.append(t.contiguous())
+        body = self.encode_body(values, specs, seed)
+        return pack(Header(self.codec_id, seed, self.get_config(), specs), body)
+
+    def encode_stateful(self, tensors: Mapping[str, torch.Tensor], *, seed: int,
+                        state: Any) -> tuple[bytes, Any]:
+        """Encode with a per-sender state (error feedback residuals); stateless codecs ignore it."""
+        return self.encode(tensors, seed=seed), state
+
+    def decode(self, data: bytes, *, expect: Sequence[TensorSpec] | None = None,
+               max_numel: int = DEFAULT_MAX_NUMEL) -> Tensors:
+        """Decode a payload of this codec. ``expect``: the specs the receiver knows must arrive."""
+        header, body = unpack(data)
+        if header.codec_id != self.codec_id:
+            raise PayloadError(f"payload was encoded by {header.codec_id!r}, expected {self.codec_id!r}")
+        return decode_with(type(self), header, body, expect=expect, max_numel=max_numel)
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def encode_body(self, values: list[torch.Tensor], specs: Sequence[TensorSpec], seed: int) -> bytes:
+        out = bytearray()
+        for i, (spec, x) in enumerate(zip(specs, values)):
+            if not spec.numel:
+                chunk = b""
+            elif not x.is_floating_point():
+                chunk = x.numpy().tobytes()
+            else:
+                chunk = self.encode_tensor(x, derive_seed(seed, i))
+            write_chunk(out, chunk)
+        return bytes(out)
+
+    def decode_body(self, body: memoryview, specs: Sequence[TensorSpec], seed: int) -> list[torch.Tensor]:
+        r = Reader(body)
+        out = []
+        for i, spec in enumerate(specs):
+            chunk = r.chunk()
+            if not spec.numel:
+                if len(chunk):
+                    raise PayloadError(f"tensor {spec.name!r} is empty but carries {len(chunk)} bytes")
+                out.append(torch.zeros(spec.shape, dtype=spec.dtype))
+            elif not spec.dtype.is_floating_point:
+                out.append(raw_tensor(chunk, spec))
+            else:
+                x = self.decode_tensor(chunk, spec.shape, derive_seed(seed, i))
+                if x.numel() != spec.numel:
+                    raise PayloadError(f"tensor {spec.name!r}: decoded {x.numel()} values, expected {spec.numel}")
+                out.append(x.reshape(spec.shape))
+        r.expect_end()
+        return out
+
+    def encode_tensor(self, x: torch.Tensor, seed: int) -> bytes:
+        raise NotImplementedError
+
+    def decode_tensor(self, data: memoryview, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def raw_tensor(chunk: memoryview, spec: TensorSpec) -> torch.Tensor:
+    """A tensor stored as its raw little-endian bytes; the length must match exactly."""
+    itemsize = torch.empty((), dtype=spec.dtype).element_size()
+    if len(chunk) != spec.numel * itemsize:
+        raise PayloadError(f"tensor {spec.name!r}: {len(chunk)} bytes for {spec.numel} x {spec.dtype}")
+    return torch.frombuffer(bytearray(chunk), dtype=spec.dtype).reshape(spec.shape)
+
+
+def decode_with(cls: type[Codec], header: Header, body: memoryview, *,
+                expect: Sequence[TensorSpec] | None, max_numel: int) -> Tensors:
+    """Rebuild the sender's codec from the header's config (validated) and decode the body."""
+    if expect is not None and tuple(header.tensors) != tuple(expect):
+        got = [(s.name, s.shape) for s in header.tensors]
+        want = [(s.name, s.shape) for s in expect]
+        raise PayloadError(f"payload tensors {got[:4]}... do not match the expected {want[:4]}...")
+    total = sum(s.numel for s in header.tensors)
+    if total > max_numel:
+        raise PayloadError(f"payload declares {total} elements, more than the allowed {max_numel}")
+    try:
+        codec = cls.from_config(header.config)
+    except CodecError as e:
+        raise PayloadError(f"payload carries an invalid codec config: {e}") from e
+    try:
+        values = codec.decode_body(body, header.tensors, header.seed)
+    except PayloadError:
+        raise
+    except (ValueError, IndexError, RuntimeError, OverflowError, TypeError, KeyError, MemoryError,
+            ZeroDivisionError) as e:  # defensive: a codec bug on hostile input must not escape raw
+        raise PayloadError(f"{cls.codec_id}: malformed body ({type(e).__name__}: {e})") from e
+    out: Tensors = {}
+    for spec, x in zip(header.tensors, values):
+        out[spec.name] = x.to(spec.dtype) if x.dtype != spec.dtype else x
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    return v

@@ -1,0 +1,26 @@
+"""Exception types. Every error a user can cause is one of these, with a message naming the fix."""
+from __future__ import annotations
+
+
+class FedsqueezeError(Exception):
+    """Base class: the CLI prints these as one line and exits with code 2."""
+
+
+class ConfigError(FedsqueezeError):
+    """An experiment configuration is invalid (unknown key, bad value, impossible combination)."""
+
+
+class DataError(FedsqueezeError):
+    """A dataset is missing, truncated or malformed, or cannot be partitioned as asked."""
+
+
+class PayloadError(FedsqueezeError):
+    """Bytes received from the wire are malformed: truncated, corrupted, or not ours."""
+
+
+class CodecError(FedsqueezeError):
+    """A codec was misused: bad configuration or input it cannot encode (NaN/Inf, wrong type)."""
+
+
+class RegistryError(ConfigError):
+    """A name (algorithm, codec, model, dataset, partitioner) is not registered."""

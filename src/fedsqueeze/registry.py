@@ -1,0 +1,71 @@
+"""Name -> implementation, for every pluggable part. Entries are imported lazily on first use.
+
+Adding a codec, algorithm, model, dataset or partitioner = its module + one line here + its test.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+from fedsqueeze.errors import RegistryError
+
+
+class Registry:
+    def __init__(self, kind: str, entries: dict[str, str]) -> None:
+        self.kind = kind
+        self._entries = dict(entries)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            hint = difflib.get_close_matches(name, self._entries, n=1)
+            raise RegistryError(
+                f"unknown {self.kind} {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; available: {', '.join(self._entries)}. `fedsqueeze list` describes them.")
+        module, _, attr = self._entries[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def describe(self, name: str) -> str:
+        obj = self.get(name)
+        doc = (obj.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+CODECS = Registry("codec", {
+    "fp32": "fedsqueeze.codecs.floats:Float32",
+    "fp16": "fedsqueeze.codecs.floats:Float16",
+    "bf16": "fedsqueeze.codecs.floats:BFloat16",
+})
+
+ALGORITHMS = Registry("algorithm", {
+    "fedavg": "fedsqueeze.algorithms.fedavg:FedAvg",
+    "local": "fedsqueeze.algorithms.local:LocalOnly",
+})
+
+MODELS = Registry("model", {
+    "mlp": "fedsqueeze.models.zoo:MLP",
+    "cnn": "fedsqueeze.models.zoo:McMahanCNN",
+    "small_cnn": "fedsqueeze.models.zoo:SmallCNN",
+    "logreg": "fedsqueeze.models.zoo:LogReg",
+})
+
+DATASETS = Registry("dataset", {
+    "fashion_mnist": "fedsqueeze.data.sources:load_fashion_mnist",
+    "digits": "fedsqueeze.data.sources:load_digits",
+    "synthetic": "fedsqueeze.data.sources:load_synthetic",
+})
+
+PARTITIONERS = Registry("partitioner", {
+    "iid": "fedsqueeze.data.partition:iid",
+    "dirichlet": "fedsqueeze.data.partition:dirichlet",
+    "shards": "fedsqueeze.data.partition:shards",
+})
+
+ALL = {"algorithms": ALGORITHMS, "codecs": CODECS, "models": MODELS,
+       "datasets": DATASETS, "partitioners": PARTITIONERS}

@@ -1,0 +1,176 @@
+"""The payload format: what crosses the wire, byte for byte.
+
+Layout (all integers little-endian)::
+
+    magic  b"FSQZ"            4 bytes
+    version                  u8      (FORMAT_VERSION)
+    header_len               u16
+    body_len                 u32
+    header                   header_len bytes (below)
+    body                     body_len bytes (the codec's own format)
+    crc32                    u32 over every preceding byte
+
+Header::
+
+    codec id                 u8 length + ASCII
+    seed                     varint  (the shared seed the codec's randomness came from)
+    config                   varint length + compact JSON object (the codec's configuration)
+    tensor count             varint
+    per tensor: name (u8 length + UTF-8), dtype code (u8), ndim (u8), dims (varints)
+
+A payload is decoded only after its length fields and CRC check out; declared shapes are
+bounded (``MAX_NUMEL``) before anything is allocated. Every failure raises ``PayloadError``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedsqueeze.errors import PayloadError
+from fedsqueeze.wire.varint import Reader, encode_varint
+
+MAGIC = b"FSQZ"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<4sBHI")
+_CRC = struct.Struct("<I")
+OVERHEAD = _PREFIX.size + _CRC.size
+MAX_NDIM = 8
+MAX_NUMEL = 1 << 31  # per payload; a declared shape beyond this is rejected before allocation
+
+DTYPES: dict[int, torch.dtype] = {
+    1: torch.float32, 2: torch.float16, 3: torch.bfloat16, 4: torch.float64,
+    5: torch.int64, 6: torch.int32, 7: torch.int16, 8: torch.int8, 9: torch.uint8, 10: torch.bool,
+}
+DTYPE_CODES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @classmethod
+    def of(cls, name: str, tensor: torch.Tensor) -> "TensorSpec":
+        if tensor.dtype not in DTYPE_CODES:
+            raise PayloadError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
+        return cls(name, tuple(tensor.shape), tensor.dtype)
+
+
+@dataclass(frozen=True)
+class Header:
+    codec_id: str
+    seed: int
+    config: dict[str, Any]
+    tensors: tuple[TensorSpec, ...]
+
+
+def _encode_header(h: Header) -> bytes:
+    out = bytearray()
+    cid = h.codec_id.encode("ascii")
+    out.append(len(cid))
+    out += cid
+    out += encode_varint(h.seed)
+    cfg = json.dumps(h.config, separators=(",", ":"), sort_keys=True).encode() if h.config else b""
+    out += encode_varint(len(cfg))
+    out += cfg
+    out += encode_varint(len(h.tensors))
+    for spec in h.tensors:
+        name = spec.name.encode()
+        if len(name) > 255 or len(spec.shape) > MAX_NDIM:
+            raise PayloadError(f"tensor {spec.name!r}: name over 255 bytes or more than {MAX_NDIM} dims")
+        out.append(len(name))
+        out += name
+        out.append(DTYPE_CODES[spec.dtype])
+        out.append(len(spec.shape))
+        for d in spec.shape:
+            out += encode_varint(d)
+    return bytes(out)
+
+
+def _decode_header(buf: memoryview) -> Header:
+    r = Reader(buf)
+    try:
+        codec_id = bytes(r.take(r.u8())).decode("ascii")
+    except UnicodeDecodeError as e:
+        raise PayloadError("codec id is not ASCII") from e
+    seed = r.varint()
+    cfg_bytes = r.chunk()
+    try:
+        config = json.loads(bytes(cfg_bytes)) if len(cfg_bytes) else {}
+    except (ValueError, RecursionError) as e:
+        raise PayloadError(f"codec config is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise PayloadError("codec config must be a JSON object")
+    count = r.varint(limit=r.remaining())
+    specs = []
+    total = 0
+    for _ in range(count):
+        try:
+            name = bytes(r.take(r.u8())).decode()
+        except UnicodeDecodeError as e:
+            raise PayloadError("tensor name is not UTF-8") from e
+        code = r.u8()
+        if code not in DTYPES:
+            raise PayloadError(f"unknown dtype code {code} for tensor {name!r}")
+        ndim = r.u8()
+        if ndim > MAX_NDIM:
+            raise PayloadError(f"tensor {name!r} declares {ndim} dims (max {MAX_NDIM})")
+        shape = tuple(r.varint(limit=MAX_NUMEL) for _ in range(ndim))
+        total += math.prod(shape)
+        if total > MAX_NUMEL:
+            raise PayloadError(f"payload declares more than {MAX_NUMEL} elements")
+        specs.append(TensorSpec(name, shape, DTYPES[code]))
+    r.expect_end()
+    return Header(codec_id, seed, config, tuple(specs))
+
+
+def pack(header: Header, body: bytes) -> bytes:
+    """Frame a codec body with its header and CRC32."""
+    hbytes = _encode_header(header)
+    if len(hbytes) > 0xFFFF:
+        raise PayloadError(f"header of {len(hbytes)} bytes exceeds 65535 (too many or too long names)")
+    framed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(hbytes), len(body)) + hbytes + body
+    return framed + _CRC.pack(zlib.crc32(framed))
+
+
+def _frame(data: bytes | bytearray | memoryview) -> tuple[memoryview, memoryview]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise PayloadError(f"a payload must be bytes, got {type(data).__name__}")
+    view = memoryview(data)
+    if len(view) < OVERHEAD:
+        raise PayloadError(f"payload of {len(view)} bytes is shorter than the {OVERHEAD}-byte frame")
+    magic, version, hlen, blen = _PREFIX.unpack_from(view, 0)
+    if magic != MAGIC:
+        raise PayloadError(f"bad magic {bytes(magic)!r}: not a fedsqueeze payload")
+    if version != FORMAT_VERSION:
+        raise PayloadError(f"payload format version {version}; this build reads {FORMAT_VERSION}")
+    if len(view) != OVERHEAD + hlen + blen:
+        raise PayloadError(
+            f"payload length {len(view)} does not match its declared size {OVERHEAD + hlen + blen} (truncated?)")
+    (crc,) = _CRC.unpack_from(view, len(view) - _CRC.size)
+    if zlib.crc32(view[:-_CRC.size]) != crc:
+        raise PayloadError("CRC32 mismatch: the payload was corrupted in transit")
+    start = _PREFIX.size
+    return view[start:start + hlen], view[start + hlen:start + hlen + blen]
+
+
+def unpack(data: bytes | bytearray | memoryview) -> tuple[Header, memoryview]:
+    """Check the frame and CRC, parse the header; return it with the (still encoded) body."""
+    hview, body = _frame(data)
+    return _decode_header(hview), body
+
+
+def peek_codec(data: bytes) -> str:
+    """The codec id of a payload (after full frame and CRC validation)."""
+    return unpack(data)[0].codec_id
