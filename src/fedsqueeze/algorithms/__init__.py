@@ -1,0 +1,1 @@
+"""Federated algorithms behind one contract: see ``base.Algorithm``."""

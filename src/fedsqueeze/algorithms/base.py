@@ -1,0 +1,159 @@
+"""The algorithm contract (after fedjax/pfl).
+
+An algorithm never loops over rounds and never counts bytes. The engine calls, for each round
+and each communication step of that round (``num_steps``, 1 for most algorithms):
+
+1. ``broadcast(server_state, rnd, step) -> {kind: tensors}`` — what goes down to the sampled clients;
+2. ``client_update(ctx, down, client_state) -> Reply`` on each sampled client — ``Reply.up`` is
+   ``{kind: tensors}``, the message for the server;
+3. ``aggregate(server_state, rnd, step, replies) -> server_state``.
+
+Between 1-2 and 2-3 the engine encodes each message with ``codec(kind, direction, rnd)``, records
+its bytes in the ledger and decodes it: the algorithm only ever sees what the receiver decoded.
+Client state is a dict (or None before a client's first round); keys starting with ``_`` are the
+engine's (codec state). Hyperparameters are a frozen dataclass ``Params`` named after the paper's
+symbols.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from fedsqueeze.codecs.base import Codec, Tensors
+from fedsqueeze.codecs.spec import make_codec
+from fedsqueeze.errors import ConfigError
+
+Direction = Literal["up", "down"]
+Messages = dict[str, Tensors]
+
+
+@dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+@dataclass
+class Reply:
+    client: int
+    num_samples: int
+    up: Messages
+    state: dict | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Setup:
+    """What an algorithm may know about the experiment: model specs, codecs, schedule."""
+
+    model_name: str
+    model_options: dict
+    input_shape: tuple[int, ...]
+    num_classes: int
+    rounds: int
+    codec_up: Any = "fp32"
+    codec_down: Any = "fp32"
+    seed: int = 0
+
+
+class Algorithm(ABC):
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    communicates: ClassVar[bool] = True
+
+    def __init__(self, params: Any, setup: Setup) -> None:
+        self.p = params
+        self.setup = setup
+        self._up = make_codec(setup.codec_up)
+        self._down = make_codec(setup.codec_down)
+
+    @classmethod
+    def from_config(cls, raw: dict, setup: Setup) -> "Algorithm":
+        names = [f.name for f in dataclasses.fields(cls.Params)]
+        for key in raw:
+            if key not in names:
+                hint = difflib.get_close_matches(key, names, n=1)
+                raise ConfigError(f"algorithm {cls.name!r} has no option 'algorithm.{key}'"
+                                  + (f" (did you mean 'algorithm.{hint[0]}'?)" if hint
+                                     else f"; options: {', '.join(names) or 'none'}"))
+        try:
+            params = cls.Params(**raw)
+        except TypeError as e:
+            raise ConfigError(f"algorithm {cls.name!r}: {e}") from e
+        return cls(params, setup)
+
+    # ---- models --------------------------------------------------------------------------------
+    def model_specs(self) -> dict[str, tuple[str, dict]]:
+        """Model slots this algorithm uses: key -> (registered model name, options)."""
+        return {"model": (self.setup.model_name, self.setup.model_options)}
+
+    # ---- the round -------------------------------------------------------------------------------
+    @abstractmethod
+    def init_server(self, model: nn.Module) -> dict:
+        """Initial server state, given a freshly initialised (seeded) model of slot 'model'."""
+
+    def num_steps(self, rnd: int) -> int:
+        return 1
+
+    @abstractmethod
+    def broadcast(self, state: dict, rnd: int, step: int) -> Messages: ...
+
+    @abstractmethod
+    def client_update(self, ctx: "ClientContext", down: Messages, state: dict | None) -> Reply: ...
+
+    @abstractmethod
+    def aggregate(self, state: dict, rnd: int, step: int, replies: list[Reply]) -> dict: ...
+
+    def codec(self, kind: str, direction: Direction, rnd: int) -> Codec:
+        """The codec for a message kind; default: the configured up/down codecs."""
+        return self._up if direction == "up" else self._down
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def global_model(self, state: dict) -> tuple[str, Tensors] | None:
+        """(model slot, weights) of the global model, or None if the algorithm has none."""
+        return None
+
+    def personal_model(self, state: dict, client_state: dict | None) -> tuple[str, Tensors] | None:
+        """(model slot, weights) of a client's personalised model; default: the global model."""
+        return self.global_model(state)
+
+
+# ---- helpers shared by algorithms --------------------------------------------------------------
+
+def float_state(model: nn.Module) -> Tensors:
+    """The communicated part of a model: its floating-point state_dict entries (detached clones)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def load_float_state(model: nn.Module, weights: Tensors) -> None:
+    model.load_state_dict(weights, strict=False)
+
+
+def weighted_mean(messages: list[Tensors], weights: list[float]) -> Tensors:
+    """sum_i w_i * m_i / sum_i w_i, accumulated in float64 for order-independent exactness on small inputs."""
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("weights must sum to a positive number")
+    out: Tensors = {}
+    for name in messages[0]:
+        acc = torch.zeros_like(messages[0][name], dtype=torch.float64)
+        for m, w in zip(messages, weights):
+            acc += m[name].to(torch.float64) * (w / total)
+        out[name] = acc.to(messages[0][name].dtype)
+    return out
+
+
+def add(a: Tensors, b: Tensors, scale: float = 1.0) -> Tensors:
+    return {k: a[k] + scale * b[k] for k in a}
+
+
+def sub(a: Tensors, b: Tensors) -> Tensors:
+    return {k: a[k] - b[k] for k in a}
+
+
+from fedsqueeze.algorithms.context import ClientContext  # noqa: E402  (re-export for type hints)

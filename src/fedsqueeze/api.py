@@ -1,0 +1,62 @@
+"""The Python API, mirroring the CLI: ``fedsqueeze.run(config) -> Result``."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedsqueeze.config import Config, from_dict, load_config
+from fedsqueeze.errors import ConfigError
+from fedsqueeze.metrics.results import Result
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(config: Config | dict | str | Path, *, run_dir: str | Path | None = None, overrides: list[str] | None = None,
+        resume: bool = False, progress: Any = None, dataset: Any = None, threads: int = 1, plot: bool = True) -> Result:
+    """Run one experiment on the embedded simulation engine.
+
+    ``config``: a ``Config``, a dict, or a TOML path. ``run_dir``: where results and checkpoints go
+    (default ``<output_dir>/<name>-<timestamp>``); with ``resume=True`` an interrupted run there
+    continues from its last checkpoint and ends with the metrics an uninterrupted run would have.
+    ``progress``: a callable given each round's record. ``threads``: torch intra-op threads (1 is
+    fastest on small machines; parallelism comes from ``engine.workers`` processes).
+    """
+    from fedsqueeze.engine.simulation import Simulation
+
+    if isinstance(config, Config):
+        cfg = config if not overrides else from_dict(_apply(config.to_dict(), overrides))
+    elif isinstance(config, dict):
+        cfg = from_dict(_apply(config, overrides or []))
+    else:
+        cfg = load_config(config, overrides)
+    if resume and run_dir is None:
+        raise ConfigError("resume needs the run directory to continue")
+    torch.set_num_threads(threads)
+    sim = Simulation(cfg, run_dir or default_run_dir(cfg), dataset=dataset, progress=progress)
+    result = sim.run(resume=resume)
+    if plot:
+        from fedsqueeze.metrics.plots import plot_runs
+        plot_runs([sim.run_dir], sim.run_dir / "accuracy_vs_mb.png", title=cfg.name)
+    result.warnings = sim.warnings  # type: ignore[attr-defined]
+    return result
+
+
+def _apply(raw: dict, overrides: list[str]) -> dict:
+    from fedsqueeze.config import apply_overrides
+    return apply_overrides(raw, overrides)
+
+
+def resume(run_dir: str | Path, *, overrides: list[str] | None = None, **kw: Any) -> Result:
+    """Continue an interrupted run from its directory (its saved config; ``rounds`` may be raised)."""
+    import json
+
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.json"
+    if not cfg_file.exists():
+        raise ConfigError(f"{run_dir} is not a fedsqueeze run directory (no config.json)")
+    return run(json.loads(cfg_file.read_text()), run_dir=run_dir, overrides=overrides, resume=True, **kw)

@@ -1,0 +1,1 @@
+"""Benchmarks: engine speed, codec rate-distortion, and more."""

@@ -1,0 +1,192 @@
+"""The command line: ``fedsqueeze run | resume | plot | list | bench``. ``--help`` on each."""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from fedsqueeze.errors import FedsqueezeError
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+def _progress_printer(cfg_rounds: int, console):
+    """A live progress bar with the latest accuracy and megabytes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[info]}"), console=console, transient=False)
+    task = prog.add_task("run", total=cfg_rounds, info="")
+
+    def update(rec: dict) -> None:
+        acc = rec.get("global_acc")
+        pacc = rec.get("personal_acc")
+        info = f"acc {100 * acc:.2f}%" if acc is not None else ""
+        if pacc is not None:
+            info += f"  personal {100 * pacc:.2f}%"
+        info += f"  {rec['cum_bytes'] / 1e6:.2f} MB"
+        prog.update(task, completed=rec["round"], info=info)
+
+    return prog, update
+
+
+def _summary_table(result, console) -> None:
+    from rich.table import Table
+
+    s = result.summary()
+    t = Table(title=f"{s['name']} — {s['algorithm']} on {s['model']}")
+    for col in ("rounds", "final acc", "best acc", "personal acc", "MB up", "MB down", "MB total", "wall s"):
+        t.add_column(col, justify="right")
+    pct = lambda v: "—" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    t.add_row(str(s["rounds"]), pct(s["final_acc"]), pct(s["best_acc"]), pct(s["personal_acc"]),
+              f"{s['mb_up']:.3f}", f"{s['mb_down']:.3f}", f"{s['mb_total']:.3f}", f"{s['wall_s']:.1f}")
+    console.print(t)
+    console.print(f"codec up: {s['codec_up']}   codec down: {s['codec_down']}")
+    console.print(f"run folder: {result.run_dir}  (metrics.jsonl, rounds.csv, summary.csv, ledger.csv, "
+                  "accuracy_vs_mb.png)")
+
+
+def cmd_run(args) -> int:
+    import fedsqueeze
+    from fedsqueeze.config import load_config
+
+    console = _console()
+    overrides = list(args.set or [])
+    if args.data_dir:
+        overrides.append(f'data.dir="{args.data_dir}"')
+    if args.workers is not None:
+        overrides.append(f"engine.workers={args.workers}")
+    if args.rounds is not None:
+        overrides.append(f"rounds={args.rounds}")
+    if args.resume:
+        import json
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").exists():
+            raise FedsqueezeError(f"{run_dir} is not a run directory (no config.json); pass a folder made by `fedsqueeze run`")
+        from fedsqueeze.config import apply_overrides, from_dict
+        cfg = from_dict(apply_overrides(json.loads((run_dir / "config.json").read_text()), overrides))
+    else:
+        if not args.config:
+            raise FedsqueezeError("run needs a CONFIG.toml (see configs/) or --resume RUN_DIR")
+        cfg = load_config(args.config, overrides)
+        run_dir = Path(args.out) if args.out else None
+    console.print(f"[bold]fedsqueeze[/] {cfg.name}: {cfg.algorithm_name} · {cfg.model.name} · {cfg.data.source} "
+                  f"({cfg.data.num_clients} clients, {cfg.data.partition}) · up={cfg.codec.up} down={cfg.codec.down}")
+    progress = None
+    prog = None
+    if not args.quiet:
+        prog, progress = _progress_printer(cfg.rounds, console)
+        prog.start()
+    try:
+        result = fedsqueeze.run(cfg, run_dir=run_dir, resume=bool(args.resume), progress=progress)
+    finally:
+        if prog is not None:
+            prog.stop()
+    for w in getattr(result, "warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
+    _summary_table(result, console)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from fedsqueeze.metrics.plots import plot_runs
+
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "comparison.png"
+    plot_runs([Path(r) for r in args.runs], out, metric=args.metric, title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from rich.table import Table
+
+    from fedsqueeze.registry import ALL
+
+    console = _console()
+    kinds = [args.kind] if args.kind else list(ALL)
+    for kind in kinds:
+        if kind not in ALL:
+            raise FedsqueezeError(f"unknown kind {kind!r}; choose from {', '.join(ALL)}")
+        reg = ALL[kind]
+        t = Table(title=kind, show_header=False, title_justify="left")
+        t.add_column("name", style="bold")
+        t.add_column("description")
+        for name in reg.names():
+            t.add_row(name, reg.describe(name))
+        console.print(t)
+    return 0
+
+
+def cmd_bench_engine(args) -> int:
+    from fedsqueeze.bench.engine import main as bench_engine
+    return bench_engine(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedsqueeze", description="Communication-efficient federated learning "
+                                "with real bytes on the wire.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run an experiment on the embedded simulation engine",
+                       description="Run an experiment from a TOML config (presets in configs/).")
+    r.add_argument("config", nargs="?", help="experiment TOML file")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.lr=0.1 --set codec.up='topk(fraction=0.01)'")
+    r.add_argument("--out", help="run directory (default: <output_dir>/<name>-<timestamp>)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    r.add_argument("--data-dir", help="where the dataset files are")
+    r.add_argument("--workers", type=int, help="client worker processes (0 = in process)")
+    r.add_argument("--rounds", type=int, help="number of rounds (shortcut for --set rounds=N)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plot", help="plot accuracy vs MB and vs rounds for one or more runs",
+                        description="Plot one or more run directories on one chart (PNG).")
+    pl.add_argument("runs", nargs="+", help="run directories")
+    pl.add_argument("--out", help="output PNG (default: <first run>/comparison.png)")
+    pl.add_argument("--metric", default="global_acc", choices=["global_acc", "personal_acc"])
+    pl.add_argument("--title")
+    pl.set_defaults(func=cmd_plot)
+
+    ls = sub.add_parser("list", help="list algorithms, codecs, models, datasets and partitioners",
+                        description="What exists, with one-line descriptions.")
+    ls.add_argument("kind", nargs="?", help="algorithms | codecs | models | datasets | partitioners")
+    ls.set_defaults(func=cmd_list)
+
+    b = sub.add_parser("bench", help="benchmarks (engine speed, codecs)", description="Benchmarks.")
+    bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    be = bsub.add_parser("engine", help="engine wall time per round vs a plain PyTorch loop",
+                         description="FedAvg on Fashion-MNIST: the engine vs a plain PyTorch loop doing the same "
+                                     "SGD steps in the same process, alternated, medians and ratio.")
+    be.add_argument("--models", default="mlp,cnn", help="comma-separated model names (default mlp,cnn)")
+    be.add_argument("--rounds", type=int, default=5, help="measured rounds per side and model (default 5)")
+    be.add_argument("--clients-per-round", type=int, default=10)
+    be.add_argument("--dataset", default="fashion_mnist")
+    be.add_argument("--data-dir")
+    be.add_argument("--out", default="runs/bench-engine", help="folder for the CSV")
+    be.set_defaults(func=cmd_bench_engine)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except FedsqueezeError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with `fedsqueeze run --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Typed experiment configuration: a TOML file plus dotted ``--set key=value`` overrides.
+
+Every key is validated: unknown keys get a "did you mean" error, invalid values name the key and
+the allowed range. Algorithm- and codec-specific options are validated by their own dataclasses.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsqueeze.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    source: str = "fashion_mnist"
+    dir: str = ""                     # where the dataset files are (else the standard search path)
+    num_clients: int = 100
+    partition: str = "dirichlet"      # iid | dirichlet | shards
+    alpha: float = 0.5                # Dirichlet concentration (smaller = more label skew)
+    shards_per_client: int = 2        # classes-per-client style split for 'shards'
+    holdout_fraction: float = 0.2     # per-client held-out share for personalised evaluation
+    options: dict = field(default_factory=dict)  # extra keyword arguments for the data source
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    clients_per_round: int = 10
+    client_fraction: float = 0.0      # if > 0, overrides clients_per_round (fraction of all clients)
+    local_epochs: int = 1
+    local_steps: int = 0              # if > 0, a fixed number of SGD steps instead of epochs
+    batch_size: int = 32
+    optimizer: str = "sgd"            # sgd | adam
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class CodecConfig:
+    up: Any = "fp32"                  # codec spec for client -> server updates
+    down: Any = "fp32"                # codec spec for server -> client broadcasts
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1                    # evaluate the global model every N rounds (and the last round)
+    personal_every: int = 10          # evaluate personalised models on every client's held-out split
+    batch_size: int = 1000
+
+
+@dataclass
+class EngineConfig:
+    workers: int = 0                  # 0 = clients run in this process; N = pool of N worker processes
+    checkpoint_every: int = 1         # rounds between checkpoints (0 = never)
+
+
+@dataclass
+class Config:
+    name: str = "experiment"
+    seed: int = 0
+    rounds: int = 20
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    algorithm: dict = field(default_factory=lambda: {"name": "fedavg"})
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    @property
+    def algorithm_name(self) -> str:
+        return str(self.algorithm.get("name", "fedavg"))
+
+    @property
+    def algorithm_params(self) -> dict:
+        return {k: v for k, v in self.algorithm.items() if k != "name"}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# (key, predicate, allowed-range text) checked after parsing
+_RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
+    ("rounds", lambda v: v >= 1, "an integer >= 1"),
+    ("seed", lambda v: v >= 0, "an integer >= 0"),
+    ("data.num_clients", lambda v: v >= 1, "an integer >= 1"),
+    ("data.alpha", lambda v: v > 0, "a number > 0"),
+    ("data.shards_per_client", lambda v: v >= 1, "an integer >= 1"),
+    ("data.holdout_fraction", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("train.clients_per_round", lambda v: v >= 1, "an integer >= 1"),
+    ("train.client_fraction", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("train.local_epochs", lambda v: v >= 0, "an integer >= 0"),
+    ("train.local_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("train.optimizer", lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"),
+    ("train.lr", lambda v: v > 0, "a number > 0"),
+    ("train.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("train.weight_decay", lambda v: v >= 0, "a number >= 0"),
+    ("eval.every", lambda v: v >= 0, "an integer >= 0 (0 = only the last round)"),
+    ("eval.personal_every", lambda v: v >= 0, "an integer >= 0 (0 = only the last round)"),
+    ("eval.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("engine.workers", lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
+    ("engine.checkpoint_every", lambda v: v >= 0, "an integer >= 0"),
+]
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, n=1)
+            raise ConfigError(f"unknown config key {prefix + key!r}"
+                              + (f" (did you mean {prefix + hint[0]!r}?)" if hint
+                                 else f"; allowed keys: {', '.join(prefix + n for n in names)}"))
+        kwargs[key] = _coerce(hints[key], value, prefix + key)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"config key {key!r} must be of type {name}, got {value!r} ({type(value).__name__})")
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def from_dict(raw: dict) -> Config:
+    raw = copy.deepcopy(raw)
+    cfg = _build(Config, raw, "")
+    for key, ok, allowed in _RANGES:
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"config key {key!r} = {value!r} is invalid: it must be {allowed}")
+    if "name" not in cfg.algorithm or not isinstance(cfg.algorithm["name"], str):
+        raise ConfigError("the [algorithm] table needs a string 'name', e.g. name = \"fedavg\"")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=0.1"`` -> (["train", "lr"], 0.1). Values are TOML; bare words become strings."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.lr=0.1")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a table")
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found; presets live in configs/ (e.g. configs/digits-quick.toml)")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: invalid TOML: {e}") from e
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def to_toml(data: dict) -> str:
+    """A small TOML writer for resolved configs (tables, scalars, lists, inline tables)."""
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + "}"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines: list[str] = []
+    tables = []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        else:
+            lines.append(f"{k} = {scalar(v)}")
+    for name, table in tables:
+        lines.append(f"\n[{name}]")
+        for k, v in table.items():
+            lines.append(f"{k} = {scalar(v)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""The embedded simulation engine: round loop, client state store, checkpoints, worker pool."""

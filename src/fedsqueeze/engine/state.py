@@ -1,0 +1,59 @@
+"""Per-client state that spills to disk, so memory grows with the clients sampled in a round,
+not with all clients.
+
+Each state is written as ``<dir>/<client>.r<round>.pt`` when the round commits, and dropped from
+memory. The *index* (client -> round of its current file) is what a checkpoint saves; files that
+are not in the last saved index are removed only after a newer checkpoint is safely on disk, so a
+crash at any point leaves a consistent (checkpoint, client files) pair.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedsqueeze.engine.atomic import atomic_torch_save
+
+
+class ClientStateStore:
+    def __init__(self, directory: str | Path, index: dict[int, int] | None = None) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.index: dict[int, int] = dict(index or {})
+        self._dirty: dict[int, Any] = {}
+
+    def _path(self, client: int, rnd: int) -> Path:
+        return self.dir / f"{client}.r{rnd}.pt"
+
+    def get(self, client: int) -> Any:
+        if client in self._dirty:
+            return self._dirty[client]
+        rnd = self.index.get(client)
+        if rnd is None:
+            return None
+        return torch.load(self._path(client, rnd), weights_only=False)
+
+    def put(self, client: int, state: Any) -> None:
+        self._dirty[client] = state
+
+    def commit(self, rnd: int) -> None:
+        """Write this round's changed states to disk and free their memory."""
+        for client, state in self._dirty.items():
+            if state is None:
+                continue
+            atomic_torch_save(state, self._path(client, rnd))
+            self.index[client] = rnd
+        self._dirty.clear()
+
+    def collect_garbage(self, also_keep: dict[int, int] | None = None) -> None:
+        """Delete state files that neither the current index nor ``also_keep`` (the previous
+        checkpoint's index, our fallback) names. Call after a checkpoint is saved."""
+        keep = {f"{c}.r{r}.pt" for idx in (self.index, also_keep or {}) for c, r in idx.items()}
+        for entry in os.scandir(self.dir):
+            if entry.name.endswith(".pt") and entry.name not in keep:
+                os.unlink(entry.path)
+
+    def __len__(self) -> int:
+        return len(self.index)

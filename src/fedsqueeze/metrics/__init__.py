@@ -1,0 +1,1 @@
+"""Evaluation, results files and plots."""

@@ -1,0 +1,102 @@
+"""Run outputs: per-round JSONL, CSV tables, and the ``Result`` object the Python API returns."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsqueeze.wire.ledger import Ledger
+
+ROUND_FIELDS = ["round", "global_acc", "global_loss", "personal_acc", "personal_acc_clients", "train_loss",
+                "clients", "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "cum_bytes",
+                "round_s", "eval_s", "elapsed_s"]
+TIMING_FIELDS = ("round_s", "eval_s", "elapsed_s")
+
+
+def _clean(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+@dataclass
+class Result:
+    run_dir: Path
+    config: dict
+    history: list[dict] = field(default_factory=list)
+    ledger: Ledger = field(default_factory=Ledger)
+
+    def last(self, key: str) -> Any:
+        for rec in reversed(self.history):
+            if rec.get(key) is not None:
+                return rec[key]
+        return None
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.last("global_acc")
+
+    @property
+    def personal_accuracy(self) -> float | None:
+        return self.last("personal_acc")
+
+    @property
+    def total_bytes(self) -> int:
+        return self.ledger.total()
+
+    def summary(self) -> dict[str, Any]:
+        cfg = self.config
+        accs = [r["global_acc"] for r in self.history if r.get("global_acc") is not None]
+        return {
+            "name": cfg["name"], "algorithm": cfg["algorithm"]["name"], "model": cfg["model"]["name"],
+            "codec_up": _spec_text(cfg["codec"]["up"]), "codec_down": _spec_text(cfg["codec"]["down"]),
+            "rounds": len(self.history), "final_acc": self.final_accuracy, "best_acc": max(accs) if accs else None,
+            "personal_acc": self.personal_accuracy,
+            "mb_up": self.ledger.total("up") / 1e6, "mb_down": self.ledger.total("down") / 1e6,
+            "mb_total": self.total_bytes / 1e6,
+            "wall_s": self.history[-1]["elapsed_s"] if self.history else 0.0,
+        }
+
+
+def _spec_text(spec: Any) -> str:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, dict):
+        rest = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+        return f"{spec.get('name')}({rest})" if rest else str(spec.get("name"))
+    if isinstance(spec, list):
+        return " | ".join(_spec_text(s) for s in spec)
+    return str(spec)
+
+
+class RunWriter:
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+
+    def rewrite_rounds(self, history: list[dict]) -> None:
+        with open(self.dir / "metrics.jsonl", "w") as f:
+            for rec in history:
+                f.write(json.dumps({k: _clean(rec.get(k)) for k in ROUND_FIELDS}) + "\n")
+
+    def append_round(self, rec: dict) -> None:
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({k: _clean(rec.get(k)) for k in ROUND_FIELDS}) + "\n")
+
+    def finish(self, result: Result) -> None:
+        with open(self.dir / "rounds.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=ROUND_FIELDS)
+            w.writeheader()
+            for rec in result.history:
+                w.writerow({k: _clean(rec.get(k)) for k in ROUND_FIELDS})
+        summary = result.summary()
+        with open(self.dir / "summary.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(summary))
+            w.writeheader()
+            w.writerow(summary)
+        result.ledger.write_csv(self.dir / "ledger.csv")
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

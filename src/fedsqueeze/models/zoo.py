@@ -1,0 +1,107 @@
+"""The model zoo. Every model is built by name from the registry as ``cls(input_shape, num_classes, **options)``.
+
+Models that personalisation methods split (SPATL, FedPer, FedKD) expose two named children,
+``encoder`` (shared feature extractor) and ``head`` (predictor), and ``features(x)`` (the encoder
+output, flattened) so distillation can match hidden features.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class SplitModel(nn.Module):
+    """Base for models with a named encoder/head split: forward = head(flatten(encoder(x)))."""
+
+    encoder: nn.Module
+    head: nn.Module
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.encoder(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _flat(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+class LogReg(SplitModel):
+    """Multinomial logistic regression (a linear layer on the flattened input)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        self.encoder = nn.Flatten()
+        self.head = nn.Linear(_flat(input_shape), num_classes)
+
+
+class MLP(SplitModel):
+    """Two hidden ReLU layers (McMahan et al. 2017's "2NN" with hidden=200)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 200) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(_flat(input_shape), hidden), nn.ReLU(),
+                                     nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, num_classes)
+
+
+def _conv_stack(in_ch: int, widths: tuple[int, ...], kernel: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for w in widths:
+        layers += [nn.Conv2d(in_ch, w, kernel, padding=kernel // 2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+        in_ch = w
+    return nn.Sequential(*layers)
+
+
+def _spatial_after(input_shape: tuple[int, ...], pools: int) -> int:
+    h, w = input_shape[1], input_shape[2]
+    for _ in range(pools):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    return h * w
+
+
+def _require_image(name: str, input_shape: tuple[int, ...]) -> None:
+    if len(input_shape) != 3:
+        from fedsqueeze.errors import ConfigError
+        raise ConfigError(f"model {name!r} needs image input (C, H, W), got shape {input_shape}; "
+                          "use model 'mlp' or 'logreg' for flat features")
+
+
+class McMahanCNN(SplitModel):
+    """The CNN of McMahan et al. 2017: conv5x5-32, pool, conv5x5-64, pool, fc512, fc (1.66 M params on 28x28)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        _require_image("cnn", input_shape)
+        self.encoder = nn.Sequential(_conv_stack(input_shape[0], (32, 64), 5), nn.Flatten(),
+                                     nn.Linear(64 * _spatial_after(input_shape, 2), 512), nn.ReLU())
+        self.head = nn.Linear(512, num_classes)
+
+
+class SmallCNN(SplitModel):
+    """A small CNN: encoder conv3x3-16, pool, conv3x3-32, pool, fc64; head fc (about 0.1 M params on 28x28)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 16, hidden: int = 64) -> None:
+        super().__init__()
+        _require_image("small_cnn", input_shape)
+        self.encoder = nn.Sequential(_conv_stack(input_shape[0], (width, 2 * width), 3), nn.Flatten(),
+                                     nn.Linear(2 * width * _spatial_after(input_shape, 2), hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, num_classes)
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
+    from fedsqueeze.errors import ConfigError
+    from fedsqueeze.registry import MODELS
+
+    cls = MODELS.get(name)
+    try:
+        return cls(tuple(input_shape), num_classes, **options)
+    except TypeError as e:
+        raise ConfigError(f"model {name!r}: {e}") from e
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
