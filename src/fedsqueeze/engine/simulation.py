@@ -152,16 +152,20 @@ class Simulation:
         """One round: sampling, every communication step, state commit, evaluation (if due)."""
         t0 = time.perf_counter()
         clients = sample_clients(self.cfg.data.num_clients, self.k, seed=self.cfg.seed, rnd=rnd)
-        train_losses = []
+        reported: dict[str, list[tuple[float, int]]] = {}
         for step in range(self.algo.num_steps(rnd)):
             replies = self._step(rnd, step, [int(c) for c in clients], pool)
-            train_losses += [(r.metrics.get("train_loss"), r.num_samples) for r in replies]
+            for r in replies:
+                for key, value in r.metrics.items():
+                    reported.setdefault(key, []).append((float(value), r.num_samples))
             self.server_state = self.algo.aggregate(self.server_state, rnd, step, replies)
         self.store.commit(rnd)
         round_s = time.perf_counter() - t0
         rec = self._evaluate(rnd)
+        # whatever clients report (train_loss, flops_ratio, model_bytes, ...): sample-weighted means
+        means = {k: _weighted(v) for k, v in sorted(reported.items())}
         rec.update(self._traffic(rnd), round=rnd, clients=len(clients), round_s=round_s,
-                   train_loss=_weighted([(l, n) for l, n in train_losses if l is not None]))
+                   train_loss=means.pop("train_loss", None), client_metrics=means)
         return rec
 
     def _step(self, rnd: int, step: int, clients: list[int], pool) -> list[Reply]:

@@ -11,7 +11,7 @@ from typing import Any
 from fedsqueeze.wire.ledger import Ledger
 
 ROUND_FIELDS = ["round", "global_acc", "global_loss", "personal_acc", "personal_acc_clients", "train_loss",
-                "clients", "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "cum_bytes",
+                "clients", "client_metrics", "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "cum_bytes",
                 "round_s", "eval_s", "elapsed_s"]
 TIMING_FIELDS = ("round_s", "eval_s", "elapsed_s")
 
@@ -84,11 +84,15 @@ class RunWriter:
             f.write(json.dumps({k: _clean(rec.get(k)) for k in ROUND_FIELDS}) + "\n")
 
     def finish(self, result: Result) -> None:
+        extra = sorted({k for rec in result.history for k in (rec.get("client_metrics") or {})})
+        fields = [f for f in ROUND_FIELDS if f != "client_metrics"] + [f"client_{k}" for k in extra]
         with open(self.dir / "rounds.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=ROUND_FIELDS)
+            w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             for rec in result.history:
-                w.writerow({k: _clean(rec.get(k)) for k in ROUND_FIELDS})
+                row = {k: _clean(rec.get(k)) for k in ROUND_FIELDS if k != "client_metrics"}
+                row.update({f"client_{k}": _clean(v) for k, v in (rec.get("client_metrics") or {}).items()})
+                w.writerow(row)
         summary = result.summary()
         with open(self.dir / "summary.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(summary))
