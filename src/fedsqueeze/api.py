@@ -17,13 +17,15 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def run(config: Config | dict | str | Path, *, run_dir: str | Path | None = None, overrides: list[str] | None = None,
-        resume: bool = False, progress: Any = None, dataset: Any = None, threads: int = 1, plot: bool = True) -> Result:
+        resume: bool = False, progress: Any = None, dataset: Any = None, threads: int = 1, plot: bool = True,
+        log: Any = None) -> Result:
     """Run one experiment on the embedded simulation engine.
 
     ``config``: a ``Config``, a dict, or a TOML path. ``run_dir``: where results and checkpoints go
     (default ``<output_dir>/<name>-<timestamp>``); with ``resume=True`` an interrupted run there
     continues from its last checkpoint and ends with the metrics an uninterrupted run would have.
-    ``progress``: a callable given each round's record. ``threads``: torch intra-op threads (1 is
+    ``progress``: a callable given each round's record; ``log``: a callable given one-line messages
+    (the partition summary). ``threads``: torch intra-op threads (1 is
     fastest on small machines; parallelism comes from ``engine.workers`` processes).
     """
     from fedsqueeze.engine.simulation import Simulation
@@ -37,7 +39,7 @@ def run(config: Config | dict | str | Path, *, run_dir: str | Path | None = None
     if resume and run_dir is None:
         raise ConfigError("resume needs the run directory to continue")
     torch.set_num_threads(threads)
-    sim = Simulation(cfg, run_dir or default_run_dir(cfg), dataset=dataset, progress=progress)
+    sim = Simulation(cfg, run_dir or default_run_dir(cfg), dataset=dataset, progress=progress, log=log)
     result = sim.run(resume=resume)
     if plot:
         from fedsqueeze.metrics.plots import plot_runs

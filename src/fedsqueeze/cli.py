@@ -82,7 +82,8 @@ def cmd_run(args) -> int:
         prog, progress = _progress_printer(cfg.rounds, console)
         prog.start()
     try:
-        result = fedsqueeze.run(cfg, run_dir=run_dir, resume=bool(args.resume), progress=progress)
+        result = fedsqueeze.run(cfg, run_dir=run_dir, resume=bool(args.resume), progress=progress,
+                                log=lambda msg: console.print(f"[dim]{msg}[/]"))
     finally:
         if prog is not None:
             prog.stop()
@@ -116,9 +117,17 @@ def cmd_list(args) -> int:
         t.add_column("name", style="bold")
         t.add_column("description")
         for name in reg.names():
-            t.add_row(name, reg.describe(name))
+            desc = reg.describe(name)
+            if kind == "models":
+                desc += f" [dim]({_param_count(name):,} parameters on 1x28x28, 10 classes)[/]"
+            t.add_row(name, desc)
         console.print(t)
     return 0
+
+
+def _param_count(name: str) -> int:
+    from fedsqueeze.models.zoo import build_model, count_parameters
+    return count_parameters(build_model(name, (1, 28, 28), 10))
 
 
 def cmd_bench_engine(args) -> int:

@@ -41,6 +41,8 @@ CODECS = Registry("codec", {
     "fp32": "fedsqueeze.codecs.floats:Float32",
     "fp16": "fedsqueeze.codecs.floats:Float16",
     "bf16": "fedsqueeze.codecs.floats:BFloat16",
+    "rdq": "fedsqueeze.codecs.rdq:RDQ",
+    "pipeline": "fedsqueeze.codecs.pipeline:Pipeline",
 })
 
 ALGORITHMS = Registry("algorithm", {

@@ -6,9 +6,11 @@ depends only on the seed. All three are vectorised (no per-sample or rejection l
 clients over 60,000 samples take milliseconds, and no parameter value can make them loop forever.
 
 - ``iid``: a random permutation dealt round-robin; client sizes differ by at most one.
-- ``dirichlet``: the per-class scheme of Hsu, Qi & Brown (2019), "Measuring the effects of
-  non-identical data distribution for federated visual classification": for each class, the
-  clients' shares of it are drawn from Dir(alpha * 1). Small alpha -> few classes per client.
+- ``dirichlet``: the per-class scheme of Yurochkin et al. (2019, "Bayesian nonparametric federated
+  learning of neural networks") used by NIID-Bench (Li et al., 2022, "Federated learning on non-IID
+  data silos: an experimental study"): for each class, the clients' shares of it are drawn from
+  Dir(alpha * 1). Small alpha -> few classes per client, and unequal client sizes. (Hsu et al.
+  2019 instead draw each client's label mix; not implemented.)
 - ``shards``: the scheme of McMahan et al. (2017), "Communication-efficient learning of deep
   networks from decentralized data": sort by label, cut into ``num_clients * k`` equal shards,
   deal ``k`` random shards to each client.

@@ -16,7 +16,7 @@ import torch
 
 from fedsqueeze.algorithms.base import Messages, Reply
 from fedsqueeze.config import Config, from_dict, to_toml
-from fedsqueeze.data.partition import Partition, make_partition
+from fedsqueeze.data.partition import Partition, describe, make_partition
 from fedsqueeze.data.sources import Dataset
 from fedsqueeze.engine.checkpoint import load_checkpoint, save_checkpoint
 from fedsqueeze.engine.runtime import Runtime, payload_seed
@@ -48,7 +48,8 @@ def build_partition(cfg: Config, dataset: Dataset) -> Partition:
 
 class Simulation:
     def __init__(self, cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None,
-                 callbacks: list[Callback] | None = None, progress: Any = None) -> None:
+                 callbacks: list[Callback] | None = None, progress: Any = None,
+                 log: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +62,7 @@ class Simulation:
         self.algo = self.runtime.algo
         self.callbacks = list(callbacks or [])
         self.progress = progress
+        self.log = log or (lambda msg: None)
         self.writer = RunWriter(self.run_dir)
         self.k = clients_per_round(cfg.data.num_clients, cfg.train.clients_per_round, cfg.train.client_fraction)
         self._max_numel = 4 * self.runtime.model_numel() + 4096
@@ -85,6 +87,7 @@ class Simulation:
         (self.run_dir / "config.toml").write_text(to_toml(self.cfg.to_dict()))
         stats = self.partition.stats(self.dataset.y_train.numpy(), self.dataset.num_classes)
         (self.run_dir / "partition.json").write_text(json.dumps(stats))
+        self.log(describe(stats))
         self.writer.rewrite_rounds([])
 
     def _seeded_model(self) -> torch.nn.Module:

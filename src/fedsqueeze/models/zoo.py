@@ -71,7 +71,7 @@ def _require_image(name: str, input_shape: tuple[int, ...]) -> None:
 
 
 class McMahanCNN(SplitModel):
-    """The CNN of McMahan et al. 2017: conv5x5-32, pool, conv5x5-64, pool, fc512, fc (1.66 M params on 28x28)."""
+    """The CNN of McMahan et al. 2017: conv5x5-32, pool, conv5x5-64, pool, fc512, fc."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
@@ -82,7 +82,7 @@ class McMahanCNN(SplitModel):
 
 
 class SmallCNN(SplitModel):
-    """A small CNN: encoder conv3x3-16, pool, conv3x3-32, pool, fc64; head fc (about 0.1 M params on 28x28)."""
+    """A small CNN: encoder conv3x3-16, pool, conv3x3-32, pool, fc64; head fc."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 16, hidden: int = 64) -> None:
         super().__init__()
