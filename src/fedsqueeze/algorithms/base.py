@@ -10,8 +10,8 @@ and each communication step of that round (``num_steps``, 1 for most algorithms)
 
 Between 1-2 and 2-3 the engine encodes each message with ``codec(kind, direction, rnd)``, records
 its bytes in the ledger and decodes it: the algorithm only ever sees what the receiver decoded.
-Client state is a dict (or None before a client's first round); keys starting with ``_`` are the
-engine's (codec state). Hyperparameters are a frozen dataclass ``Params`` named after the paper's
+Client state is a dict (or None before a client's first round): ``Reply.state`` is stored as the
+client's new state, and None deletes it — return the state you were given to keep it unchanged. Hyperparameters are a frozen dataclass ``Params`` named after the paper's
 symbols.
 """
 from __future__ import annotations

@@ -193,8 +193,7 @@ class Simulation:
             outs = [self.runtime.run_client(c, rnd, step, down, self.store.get(c)) for c in clients]
         replies = []
         for c, (ups, stored, n, metrics) in zip(clients, outs):
-            if stored is not None:
-                self.store.put(c, stored)
+            self.store.put(c, stored)  # None drops whatever the client had stored
             decoded = {}
             for kind, p in ups.items():
                 self.ledger.record(rnd, c, "up", kind, p)

@@ -41,7 +41,8 @@ class ClientStateStore:
     def commit(self, rnd: int) -> None:
         """Write this round's changed states to disk and free their memory."""
         for client, state in self._dirty.items():
-            if state is None:
+            if state is None:  # the client dropped its state: forget it (its file goes at the next GC)
+                self.index.pop(client, None)
                 continue
             atomic_torch_save(state, self._path(client, rnd))
             self.index[client] = rnd
