@@ -67,6 +67,7 @@ class Simulation:
         self.k = clients_per_round(cfg.data.num_clients, cfg.train.clients_per_round, cfg.train.client_fraction)
         self._max_numel = 4 * self.runtime.model_numel() + 4096
         self.warnings: list[str] = []
+        self.pool = None
 
     # ---- setup / resume ----------------------------------------------------------------------------
     def start(self, *, resume: bool = False) -> None:
@@ -125,14 +126,13 @@ class Simulation:
     # ---- the loop ------------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> Result:
         self.start(resume=resume)
-        pool = None
         if self.cfg.engine.workers > 0:
             from fedsqueeze.engine.pool import WorkerPool
-            pool = WorkerPool(self.runtime, self.cfg.engine.workers)
+            self.pool = WorkerPool(self.runtime, self.cfg.engine.workers)
         elapsed = self.history[-1]["elapsed_s"] if self.history else 0.0
         try:
             for rnd in range(self.start_round, self.cfg.rounds + 1):
-                rec = self.run_round(rnd, pool)
+                rec = self.run_round(rnd)
                 elapsed += rec["round_s"] + rec["eval_s"]
                 rec["elapsed_s"] = elapsed
                 self.history.append(rec)
@@ -145,19 +145,20 @@ class Simulation:
                 if self.progress is not None:
                     self.progress(rec)
         finally:
-            if pool is not None:
-                pool.close()
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
         result = Result(self.run_dir, self.cfg.to_dict(), self.history, self.ledger)
         self.writer.finish(result)
         return result
 
-    def run_round(self, rnd: int, pool=None) -> dict:
+    def run_round(self, rnd: int) -> dict:
         """One round: sampling, every communication step, state commit, evaluation (if due)."""
         t0 = time.perf_counter()
         clients = sample_clients(self.cfg.data.num_clients, self.k, seed=self.cfg.seed, rnd=rnd)
         reported: dict[str, list[tuple[float, int]]] = {}
         for step in range(self.algo.num_steps(rnd)):
-            replies = self._step(rnd, step, [int(c) for c in clients], pool)
+            replies = self._step(rnd, step, [int(c) for c in clients])
             for r in replies:
                 for key, value in r.metrics.items():
                     reported.setdefault(key, []).append((float(value), r.num_samples))
@@ -171,7 +172,7 @@ class Simulation:
                    train_loss=means.pop("train_loss", None), client_metrics=means)
         return rec
 
-    def _step(self, rnd: int, step: int, clients: list[int], pool) -> list[Reply]:
+    def _step(self, rnd: int, step: int, clients: list[int]) -> list[Reply]:
         down_msgs = self.algo.broadcast(self.server_state, rnd, step)
         payloads: dict[str, bytes] = {}
         for kind, tensors in down_msgs.items():
@@ -185,21 +186,29 @@ class Simulation:
         for c in clients:
             for kind, p in payloads.items():
                 self.ledger.record(rnd, c, "down", kind, p)
-        if pool is not None:
-            outs = pool.map([(c, rnd, step, payloads, self.store.get(c)) for c in clients])
-        else:
-            down: Messages = {k: self.algo.codec(k, "down", rnd).decode(p, max_numel=self._max_numel)
-                              for k, p in payloads.items()}
-            outs = [self.runtime.run_client(c, rnd, step, down, self.store.get(c)) for c in clients]
         replies = []
-        for c, (ups, stored, n, metrics) in zip(clients, outs):
-            self.store.put(c, stored)  # None drops whatever the client had stored
+        for c, ups, n, metrics in self._execute(clients, rnd, step, payloads):
             decoded = {}
             for kind, p in ups.items():
                 self.ledger.record(rnd, c, "up", kind, p)
                 decoded[kind] = self.algo.codec(kind, "up", rnd).decode(p, max_numel=self._max_numel)
             replies.append(Reply(c, n, decoded, None, metrics))
         return replies
+
+    def _execute(self, clients: list[int], rnd: int, step: int,
+                 payloads: dict[str, bytes]) -> list[tuple[int, dict[str, bytes], int, dict]]:
+        """Deliver the broadcast to each client and collect (client, upload payloads, n, metrics).
+        Here: in this process or the worker pool, client state in the local store. A deployment
+        transport (Flower) overrides this; clients that drop out are simply missing from the list."""
+        if self.pool is not None:
+            outs = self.pool.map([(c, rnd, step, payloads, self.store.get(c)) for c in clients])
+        else:
+            down: Messages = {k: self.algo.codec(k, "down", rnd).decode(p, max_numel=self._max_numel)
+                              for k, p in payloads.items()}
+            outs = [self.runtime.run_client(c, rnd, step, down, self.store.get(c)) for c in clients]
+        for c, (_, stored, _, _) in zip(clients, outs):
+            self.store.put(c, stored)  # None drops whatever the client had stored
+        return [(c, ups, n, metrics) for c, (ups, _, n, metrics) in zip(clients, outs)]
 
     # ---- evaluation & accounting ------------------------------------------------------------------------
     def _traffic(self, rnd: int) -> dict[str, int]:
