@@ -1,0 +1,227 @@
+"""SPATL: Yu, Nguyen, Abebe, Qian, Anwar, Jannesari. "SPATL: Salient Parameter Aggregation and Transfer
+Learning for Heterogeneous Federated Learning". SC22. arXiv 2111.14345. (METHODS.md §2.)
+
+Model = shared ``encoder`` (federated) + local ``head`` (the predictor: never sent, kept in the
+client state, as in FedPer). Per round, on a sampled client:
+
+1. Load the server encoder x and the client's head; carve a fixed local *validation* split
+   (``val_fraction`` of the client's training samples, the same every round; never the
+   held-out/test split) and train encoder + head on the rest with SCAFFOLD's gradient control on
+   the encoder: each step adds ``control_scale`` · (c − c_i) to the encoder gradients. After K
+   steps: c_i⁺ = c_i − c + (x − y)/(K η) (option II; see ``scaffold``).
+2. Salient parameter selection (``salient.SELECTORS[selector]``): per encoder conv/linear layer,
+   which output channels to keep so that the pruned model's cost — ``target = "flops"`` (conv +
+   linear multiply–accumulates of the whole model) or ``"bytes"`` (values of the encoder upload) —
+   is at most ``budget`` of the unpruned one. Default: L2-norm filter ranking, per-layer keep
+   ratios searched greedily against accuracy on the validation split.
+3. Upload the encoder update Δ = y − x restricted to the kept channels: the rows of the kept
+   filters (and their biases / batch-norm entries) and, in the next layer, the input slices of the
+   kept channels — exactly the parameters of the pruned encoder — and the control-variate delta
+   Δc = c_i⁺ − c_i restricted the same way; c_i is updated only where Δc was sent.
+
+Wire (message kinds): down ``model`` (the encoder, configured down codec) and ``control`` (c, with
+``control_codec``); up ``update`` and ``control``. Both uploads go through the ``rowsparse`` codec
+(bitmaps of kept rows and input slices + the kept block) with fp32 values (fp16 if the configured
+up codec / ``control_codec`` is fp16; any other configured up codec is used as it is). The server
+recovers each client's kept coordinates from the zero pattern of what it decoded (a kept row
+whose update is exactly zero is indistinguishable from a dropped one; it would add zero anyway).
+
+Server: ``aggregation = "masked"`` (the paper's intent): x_j ← x_j + η_g · (weighted mean of Δ_ij
+over the clients i that sent coordinate j; unchanged if none did). c_j ← c_j + (|S_j|/N) · mean of
+those clients' Δc_ij (|S_j|/N := 1 when ``num_clients`` = 0, the released code's plain mean).
+
+Reply metrics (the engine reports their sample-weighted means per round under ``client_metrics``):
+``flops_ratio`` (pruned / full model MACs of the selected keep; ``fedsqueeze.models.flops``),
+``upload_ratio`` (kept / all encoder values), ``val_acc`` and ``val_acc_pruned`` (validation
+accuracy before and after pruning; the latter is optimistic, the same split chose the keep),
+``train_loss``. Selection costs validation passes: ``greedy`` one per layer per notch, so for deep
+models (ResNet-20: 9 prunable layers) ``selector = "lazy_greedy"`` is several times cheaper.
+
+Where the released code (github.com/yusx-swapp/SPATL) differs from the paper — each a switch:
+- gradient correction scaled by 1/100 (``control_scale = 0.01``; default 1.0, SCAFFOLD's);
+- the server averages the clients' pruned encoder *weights* with zeros in the pruned filters
+  (``aggregation = "dense"``: x ← x + η_g (Σ_i p_i m_i ⊙ (x + Δ_i) − x), m_i the kept mask);
+- c ← c + mean Δc_i (``num_clients = 0``, our default too, as the framework does not tell the
+  algorithm N).
+Differences with no switch: the released code rewards its pruning agent on the client's local
+*test* split (we use a validation split carved from training data); its control variates also
+cover batch-norm buffers (ours: trainable parameters only); it prunes conv layers only (we also
+prune the encoder's linear layers in chain models); and its agent is the RL one (not provided,
+see ``salient``). The paper does not say whether control deltas are uploaded for every encoder
+parameter; we restrict them to the salient ones (same mask), which keeps c = mean of the c_i.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedsqueeze.algorithms.base import ClientContext, Direction, Messages, Reply, float_state, load_float_state, sub
+from fedsqueeze.algorithms.context import ClientData, train_locally
+from fedsqueeze.algorithms.fedper import FedPer, split_head
+from fedsqueeze.algorithms.salient import SELECTORS, SelectionProblem
+from fedsqueeze.algorithms.scaffold import (ScaffoldParams, gradient_correction, masked_mean, next_control,
+                                            parameter_zeros, update_control)
+from fedsqueeze.codecs.base import Codec, Tensors
+from fedsqueeze.codecs.rowsparse import RowSparse, kept_mask
+from fedsqueeze.codecs.spec import make_codec
+from fedsqueeze.errors import ConfigError
+from fedsqueeze.models.pruning import CostModel, Keep, apply_masks, channel_groups, keep_all, tensor_masks
+from fedsqueeze.seeding import derive_seed, torch_generator
+
+
+@dataclass(frozen=True)
+class SPATLParams(ScaffoldParams):
+    weighting: str = "samples"      # encoder aggregation weights: samples (n_i) | uniform
+    control_scale: float = 1.0      # s in the local correction s·(c − c_i); released code: 0.01
+    selector: str = "greedy"        # greedy | uniform | none (see algorithms.salient)
+    target: str = "flops"           # flops | bytes: what the budget limits
+    budget: float = 0.6             # kept fraction of the target cost
+    min_ratio: float = 0.2          # smallest per-layer keep ratio (the released code's lbound)
+    step: float = 0.125             # keep-ratio notch of the greedy / uniform search
+    val_fraction: float = 0.1       # share of each client's training samples used for validation
+    aggregation: str = "masked"     # masked (each coordinate over its senders) | dense (released code)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks = [
+            ("control_scale", self.control_scale >= 0, "a number >= 0"),
+            ("selector", self.selector in SELECTORS, f"one of {sorted(SELECTORS)}"),
+            ("target", self.target in ("flops", "bytes"), "'flops' or 'bytes'"),
+            ("budget", 0 < self.budget <= 1, "a number in (0, 1]"),
+            ("min_ratio", 0 < self.min_ratio <= 1, "a number in (0, 1]"),
+            ("step", 0 < self.step <= 1, "a number in (0, 1]"),
+            ("val_fraction", 0 <= self.val_fraction < 1, "a number in [0, 1)"),
+            ("aggregation", self.aggregation in ("masked", "dense"), "'masked' or 'dense'"),
+        ]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"algorithm.{key} = {getattr(self, key)!r} is invalid: it must be {allowed}")
+
+
+def sparse_codec(spec) -> Codec:
+    """Row-sparse with fp32/fp16 values for a plain fp32/fp16 spec; any other codec as it is."""
+    codec = make_codec(spec)
+    if codec.codec_id in ("fp32", "fp16"):
+        return RowSparse(values=codec.codec_id, cols=True)
+    return codec
+
+
+def validation_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices): a fixed random ``fraction`` (>= 1 sample when n >= 2)."""
+    n_val = min(n - 1, max(1, round(fraction * n))) if fraction > 0 and n >= 2 else 0
+    perm = torch.randperm(n, generator=torch_generator(seed))
+    return perm[n_val:], perm[:n_val]
+
+
+def subset_context(ctx: ClientContext, idx: torch.Tensor) -> ClientContext:
+    sub_ctx = copy.copy(ctx)
+    sub_ctx.data = ClientData(ctx.data.x[idx], ctx.data.y[idx], ctx.data.holdout)
+    return sub_ctx
+
+
+class PrunedScorer:
+    """Validation (accuracy, mean cross-entropy) of a model with the unkept channels zeroed; only the
+    tensors pruning touches are rewritten between calls."""
+
+    def __init__(self, model: nn.Module, weights: Tensors, groups, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.model, self.weights, self.groups, self.x, self.y = model, weights, groups, x, y
+        load_float_state(model, weights)
+        model.eval()
+        live = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        touched = tensor_masks({k: v.shape for k, v in weights.items()}, groups, keep_all(groups))
+        self.live = {k: live[k] for k in touched}
+
+    def __call__(self, keep: Keep) -> tuple[float, float]:
+        masks = tensor_masks({k: t.shape for k, t in self.live.items()}, self.groups, keep)
+        with torch.no_grad():
+            for k, t in self.live.items():
+                t.copy_(torch.where(masks[k], self.weights[k], 0.0))
+            if not len(self.y):
+                return 0.0, 0.0
+            logits = torch.cat([self.model(self.x[i:i + 512]) for i in range(0, len(self.y), 512)])
+        loss = nn.functional.cross_entropy(logits, self.y).item()
+        return float((logits.argmax(1) == self.y).float().mean()), loss
+
+
+class SPATL(FedPer):
+    """Shared encoder + local head, SCAFFOLD gradient control, salient-filter upload (Yu et al. SC22)."""
+
+    name = "spatl"
+    Params = SPATLParams
+
+    def __init__(self, params, setup) -> None:
+        super().__init__(params, setup)
+        self._control = make_codec(self.p.control_codec)
+        self._sparse_up = sparse_codec(setup.codec_up)
+        self._sparse_control = sparse_codec(self.p.control_codec)
+        self._costs: dict[str, CostModel] | None = None
+
+    # ---- wire --------------------------------------------------------------------------------------
+    def init_server(self, model: nn.Module) -> dict:
+        return {**super().init_server(model), "c": split_head(parameter_zeros(model))[0]}
+
+    def broadcast(self, state: dict, rnd: int, step: int) -> Messages:
+        return {"model": state["weights"], "control": state["c"]}
+
+    def codec(self, kind: str, direction: Direction, rnd: int) -> Codec:
+        if direction == "up":
+            return self._sparse_control if kind == "control" else self._sparse_up
+        return self._control if kind == "control" else self._down
+
+    # ---- client ------------------------------------------------------------------------------------
+    def client_update(self, ctx: ClientContext, down: Messages, state: dict | None) -> Reply:
+        model = self.local_model(ctx, down, state)
+        x, c = down["model"], down["control"]
+        c_i = state["c"] if state else {k: torch.zeros_like(v) for k, v in c.items()}
+        train_idx, val_idx = validation_split(len(ctx.data), self.p.val_fraction,
+                                              derive_seed(self.setup.seed, "spatl-validation", ctx.client))
+        if not len(val_idx):  # a single sample: nothing to hold out, select on it
+            val_idx = train_idx
+        hook = gradient_correction(model, {k: self.p.control_scale * (c[k] - c_i[k]) for k in c})
+        loss, steps = train_locally(model, subset_context(ctx, train_idx), after_backward=hook)
+        weights = float_state(model)
+        encoder, head = split_head(weights)
+        c_new = next_control(c_i, c, x, encoder, steps, ctx.train.lr)
+
+        groups = channel_groups(model)
+        costs = self._cost_models(model, groups, encoder)
+        score = PrunedScorer(model, weights, groups, ctx.data.x[val_idx], ctx.data.y[val_idx])
+        problem = SelectionProblem(groups, weights, score, costs[self.p.target], self.p.budget,
+                                   self.p.min_ratio, self.p.step)
+        keep = SELECTORS[self.p.selector](problem) if groups else {}
+        masks = tensor_masks({k: v.shape for k, v in encoder.items()}, groups, keep)
+        delta_c = apply_masks(sub(c_new, c_i), masks)
+        counts = {g: int(m.sum()) for g, m in keep.items()}
+        metrics = {"train_loss": loss, "flops_ratio": costs["flops"].fraction(counts),
+                   "upload_ratio": costs["bytes"].fraction(counts),
+                   "val_acc": score(keep_all(groups))[0], "val_acc_pruned": score(keep)[0]}
+        up = {"update": apply_masks(sub(encoder, x), masks), "control": delta_c}
+        return Reply(ctx.client, len(ctx.data), up, {"head": head, "c": {k: c_i[k] + delta_c[k] for k in c_i}},
+                     metrics)
+
+    def _cost_models(self, model: nn.Module, groups, encoder: Tensors) -> dict[str, CostModel]:
+        if self._costs is None:  # a function of the architecture only
+            self._costs = {"flops": CostModel.flops(model, self.setup.input_shape, groups),
+                           "bytes": CostModel.size({k: v.shape for k, v in encoder.items()}, groups)}
+        return self._costs
+
+    # ---- server ------------------------------------------------------------------------------------
+    def aggregate(self, state: dict, rnd: int, step: int, replies: list[Reply]) -> dict:
+        x = state["weights"]
+        w = [float(r.num_samples) if self.p.weighting == "samples" else 1.0 for r in replies]
+        ups = [r.up["update"] for r in replies]
+        masks = [{k: kept_mask(v) for k, v in u.items()} for u in ups]
+        if self.p.aggregation == "masked":
+            mean, _ = masked_mean(ups, w, masks)
+        else:  # released code: average the pruned weights, zeros where a client pruned
+            dense = [{k: torch.where(m[k], x[k] + u[k], 0.0) for k in u} for u, m in zip(ups, masks)]
+            mean, _ = masked_mean(dense, w)
+            mean = sub(mean, x)
+        new_x = {k: x[k] + self.p.server_lr * mean[k] if k in mean else x[k] for k in x}
+        deltas = [r.up["control"] for r in replies]
+        c = update_control(state["c"], deltas, self.p.num_clients, [{k: kept_mask(v) for k, v in d.items()}
+                                                                    for d in deltas])
+        return {**state, "weights": new_x, "c": c}
