@@ -16,6 +16,12 @@ from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.registry import CODECS
 
 IDS = all_codec_ids()
+
+
+def nmse_bound(codec) -> float:
+    """Biased codecs must not lose more than the signal (plus slack); unbiased ones trade variance
+    for unbiasedness (rand-k at 1% has NMSE d/k - 1 = 99), so only finiteness-scale bounds apply."""
+    return 200.0 if codec.unbiased else 2.0
 GOLDEN = Path(__file__).parent / "golden"
 
 
@@ -32,7 +38,7 @@ def test_round_trip_restores_names_shapes_dtypes(cid):
     if codec.lossless:
         assert err == 0.0
     else:
-        assert err < 2.0, f"{cid}: NMSE {err} on a Gaussian update is not a bounded error"
+        assert err < nmse_bound(codec), f"{cid}: NMSE {err} on a Gaussian update is not a bounded error"
 
 
 @pytest.mark.parametrize("cid", IDS)
@@ -66,7 +72,7 @@ def test_huge_and_tiny_magnitudes_stay_finite(cid, scale):
     y = codec.decode(codec.encode(x, seed=0))
     assert all(torch.isfinite(v).all() for v in y.values())
     if codec.codec_id != "fp16":  # fp16 saturates at 65504 and flushes below 6e-8, by design
-        assert nmse(x, y) < 2.0
+        assert nmse(x, y) < nmse_bound(codec)
 
 
 @pytest.mark.parametrize("cid", IDS)

@@ -41,13 +41,33 @@ CODECS = Registry("codec", {
     "fp32": "fedsqueeze.codecs.floats:Float32",
     "fp16": "fedsqueeze.codecs.floats:Float16",
     "bf16": "fedsqueeze.codecs.floats:BFloat16",
+    "drive": "fedsqueeze.codecs.drive:Drive",
+    "eden": "fedsqueeze.codecs.eden:Eden",
+    "svd": "fedsqueeze.codecs.svd:SVD",
+    "powersgd": "fedsqueeze.codecs.powersgd:PowerSGD",
     "rdq": "fedsqueeze.codecs.rdq:RDQ",
     "pipeline": "fedsqueeze.codecs.pipeline:Pipeline",
+    "topk": "fedsqueeze.codecs.topk:TopK",
+    "randk": "fedsqueeze.codecs.randk:RandK",
+    "qsgd": "fedsqueeze.codecs.qsgd:QSGD",
+    "terngrad": "fedsqueeze.codecs.terngrad:TernGrad",
+    "signsgd": "fedsqueeze.codecs.signsgd:SignSGD",
+    "threelc": "fedsqueeze.codecs.threelc:ThreeLC",
+    "ef": "fedsqueeze.codecs.ef:ErrorFeedback",
+    "rowsparse": "fedsqueeze.codecs.rowsparse:RowSparse",
 })
 
 ALGORITHMS = Registry("algorithm", {
     "fedavg": "fedsqueeze.algorithms.fedavg:FedAvg",
     "local": "fedsqueeze.algorithms.local:LocalOnly",
+    "scaffold": "fedsqueeze.algorithms.scaffold:Scaffold",
+    "fedper": "fedsqueeze.algorithms.fedper:FedPer",
+    "spatl": "fedsqueeze.algorithms.spatl:SPATL",
+    "quped": "fedsqueeze.algorithms.quped:QuPeD",
+    "local_quant": "fedsqueeze.algorithms.quped:LocalQuant",
+    "fedavg_ft": "fedsqueeze.algorithms.fedavg_ft:FedAvgFT",
+    "feddkd": "fedsqueeze.algorithms.feddkd:FedDKD",
+    "fedkd": "fedsqueeze.algorithms.fedkd:FedKD",
 })
 
 MODELS = Registry("model", {
@@ -55,6 +75,7 @@ MODELS = Registry("model", {
     "cnn": "fedsqueeze.models.zoo:McMahanCNN",
     "small_cnn": "fedsqueeze.models.zoo:SmallCNN",
     "logreg": "fedsqueeze.models.zoo:LogReg",
+    "resnet20": "fedsqueeze.models.resnet:ResNet",
 })
 
 DATASETS = Registry("dataset", {

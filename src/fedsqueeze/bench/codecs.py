@@ -1,0 +1,309 @@
+"""Codec benchmark: rate, distortion and speed of every codec on given updates, against the R–D limit.
+
+For each codec setting, over the updates: bits per parameter = 8·len(payload)/d (real payload
+bytes, headers included; d = elements of all tensors), NMSE = Σ‖Δ − Δ̂‖²/Σ‖Δ‖², encode and decode
+MB/s (fp32 bytes in, median of ``repeats``; codecs alternate inside each repeat after a warm-up, on
+one torch thread), and the limits at the codec's distortion D (MSE per float parameter):
+
+- ``gauss_rate``: independent Gaussian layers of the same variances, reverse water-filling;
+- ``ba_rate``: the empirical distribution of each layer, Blahut–Arimoto, layers combined at equal
+  slope (``fedsqueeze.bench.rd``); NaN where D is beyond what its grid resolves (near-lossless).
+
+``rate_over_ba`` = bits per parameter / ``ba_rate``: how far the codec is from the limit. Outputs:
+a rich table, ``codecs_<label>.csv``, ``codecs_<label>.png`` (R–D plot) and ``codecs_<label>.json``
+(command, versions, machine, date) in ``out_dir``.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsqueeze.bench import rd
+from fedsqueeze.codecs.spec import make_codec
+from fedsqueeze.errors import FedsqueezeError
+from fedsqueeze.registry import CODECS
+
+Update = dict[str, torch.Tensor]
+COLUMNS = ["label", "codec", "params", "bytes", "bits_per_param", "nmse", "mse", "encode_MBps",
+           "decode_MBps", "gauss_rate", "ba_rate", "rate_over_ba", "rate_over_gauss"]
+
+# A few settings per known codec; any other registered codec runs with its defaults.
+DEFAULT_SWEEP: dict[str, list[str]] = {
+    "fp32": ["fp32"],
+    "fp16": ["fp16"],
+    "bf16": ["bf16"],
+    "rdq": [f"rdq(step={s}, normalize=True, coder='ans')" for s in (0.5, 1.0, 2.0, 4.0)]
+    + ["rdq(step=2.0, normalize=True, coder='ans', dead_zone=0.25)",
+       "rdq(step=2.0, normalize=True, coder='ans', rounding='dither')",
+       "rdq(step=2.0, normalize=True)"],
+    "pipeline": [],  # needs stages; see default_settings
+}
+PIPELINES = {"svd": ["svd | rdq(step=0.25, normalize=True, coder='ans')"]}
+
+
+def synthetic_laplace(d: int, seed: int = 0, scale: float = 1e-3) -> list[Update]:
+    """One update of ``d`` i.i.d. Laplace(0, ``scale``) values in two tensors (a matrix and a vector)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(d, generator=g, dtype=torch.float64) - 0.5  # inverse CDF of Laplace
+    values = (-scale * torch.sign(u) * torch.log1p(-2 * u.abs())).to(torch.float32)
+    rows = max(int(math.isqrt(3 * d // 4)), 1)
+    cols = (3 * d // 4) // rows
+    return [{"layer.weight": values[:rows * cols].reshape(rows, cols), "layer.bias": values[rows * cols:].clone()}]
+
+
+def default_settings() -> dict[str, list[str]]:
+    """Every registered codec: its sweep from DEFAULT_SWEEP, else its default configuration."""
+    out = {cid: DEFAULT_SWEEP.get(cid, [cid]) for cid in CODECS.names()}
+    out["pipeline"] = [p for cid, specs in PIPELINES.items() if cid in CODECS for p in specs]
+    return {cid: specs for cid, specs in out.items() if specs}
+
+
+def _numel(update: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() for t in update.values())
+
+
+def _floats(update: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().double().reshape(-1).numpy() for k, v in update.items()
+            if v.is_floating_point() and v.numel()}
+
+
+def _measure(codec, updates: Sequence[Update], repeats: int) -> dict[str, Any]:
+    """Warm-up pass: payloads, errors; timing is added by ``_time`` (alternating with other codecs)."""
+    payload_bytes, sq_err, per_update_d = 0, 0.0, []
+    for i, up in enumerate(updates):
+        data = codec.encode(up, seed=i)
+        back = codec.decode(data)
+        payload_bytes += len(data)
+        err = sum(float(((back[k].double() - v.double()) ** 2).sum()) for k, v in up.items() if v.is_floating_point())
+        sq_err += err
+        nf = sum(v.numel() for v in up.values() if v.is_floating_point())
+        per_update_d.append(err / max(nf, 1))
+    return {"bytes": payload_bytes, "sq_err": sq_err, "update_mse": per_update_d, "enc": [], "dec": []}
+
+
+def _time(codec, updates: Sequence[Update], rec: dict[str, Any]) -> None:
+    enc = dec = 0.0
+    for i, up in enumerate(updates):
+        t0 = time.perf_counter()
+        data = codec.encode(up, seed=i)
+        t1 = time.perf_counter()
+        codec.decode(data)
+        t2 = time.perf_counter()
+        enc += t1 - t0
+        dec += t2 - t1
+    rec["enc"].append(enc)
+    rec["dec"].append(dec)
+
+
+class _Limits:
+    """Per-update R–D limits (Gaussian and Blahut–Arimoto), the BA curves computed once per update."""
+
+    def __init__(self, updates: Sequence[Update], distortions: Sequence[float]) -> None:
+        self.layers = [_floats(up) for up in updates]
+        var_max = max((float(np.var(v)) for lay in self.layers for v in lay.values()), default=0.0)
+        pos = [d for d in distortions if d > 0]
+        d_lo = max(min(pos, default=var_max) / 2, var_max * 2.0 ** -12)
+        self.betas = rd.betas_for(d_lo, 2 * var_max, 32) if var_max > 0 else np.zeros(0)
+        self.curves = [self._curve(lay) for lay in self.layers]
+
+    def _curve(self, layers: dict[str, np.ndarray]) -> rd.RDCurve | None:
+        if not layers or not len(self.betas):
+            return None
+        curves = [rd.rd_curve(v, self.betas) for v in layers.values()]
+        return rd.combine(curves, [len(v) for v in layers.values()])
+
+    def frontier(self) -> dict[str, np.ndarray]:
+        """The first update's limits as (rate, NMSE) curves, for the plot."""
+        layers = self.layers[0] if self.layers else {}
+        if not layers or self.curves[0] is None:
+            return {}
+        n = sum(len(v) for v in layers.values())
+        power = sum(float((v ** 2).sum()) for v in layers.values()) / n
+        if power <= 0:
+            return {}
+        c = self.curves[0]
+        ok = np.isfinite(c.rate) & (c.distortion > 0)
+        sizes = [len(v) for v in layers.values()]
+        var = [float(np.var(v)) for v in layers.values()]
+        d = c.distortion[ok]
+        return {"ba_rate": c.rate[ok], "ba_nmse": d / power, "gauss_nmse": d / power,
+                "gauss_rate": np.array([rd.gaussian_rate_layers(var, sizes, x) for x in d])}
+
+    def rates(self, i: int, distortion: float) -> tuple[float, float]:
+        layers = self.layers[i]
+        if not layers:
+            return math.nan, math.nan
+        sizes = [len(v) for v in layers.values()]
+        gauss = rd.gaussian_rate_layers([float(np.var(v)) for v in layers.values()], sizes, distortion)
+        ba = rd.rate_at(self.curves[i], distortion) if self.curves[i] is not None else math.nan
+        return gauss, ba
+
+
+def _weighted(values: Sequence[float], weights: Sequence[int]) -> float:
+    w = np.asarray(weights, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    return float((v * w).sum() / w.sum()) if w.sum() else math.nan
+
+
+def run(updates: list[Update], label: str, out_dir: Path, settings: dict[str, list[str]] | None = None,
+        repeats: int = 5, console=None) -> list[dict]:
+    """Benchmark codecs on ``updates``; print a table, write CSV/PNG/JSON to ``out_dir``; return the rows."""
+    from rich.console import Console
+
+    console = console or Console(width=None if sys.stdout.isatty() else 150)
+    if not updates or not any(_numel(u) for u in updates):
+        raise FedsqueezeError("the codec benchmark needs at least one non-empty update")
+    explicit = settings is not None
+    settings = default_settings() if settings is None else settings
+    codecs = []
+    for cid, specs in settings.items():
+        if cid not in CODECS:
+            if explicit:
+                raise FedsqueezeError(f"codec {cid!r} is not registered; available: {', '.join(CODECS.names())}")
+            continue
+        codecs += [(spec, make_codec(spec)) for spec in specs]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        recs = [_measure(codec, updates, repeats) for _, codec in codecs]
+        for _ in range(repeats):  # alternate codecs inside each repeat (DESIGN.md, "Measuring")
+            for (_, codec), rec in zip(codecs, recs):
+                _time(codec, updates, rec)
+    finally:
+        torch.set_num_threads(threads)
+    limits = _Limits(updates, [m for rec in recs for m in rec["update_mse"]])
+    rows = _rows(updates, label, codecs, recs, limits)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = _meta(label, updates, repeats)
+    _print(console, rows, meta)
+    _write_csv(out_dir / f"codecs_{label}.csv", rows)
+    (out_dir / f"codecs_{label}.json").write_text(json.dumps(meta, indent=2))
+    _plot(out_dir / f"codecs_{label}.png", rows, label, limits.frontier())
+    return rows
+
+
+def _rows(updates: Sequence[Update], label: str, codecs, recs, limits: _Limits) -> list[dict]:
+    d = sum(_numel(u) for u in updates)
+    nf = [sum(v.numel() for v in u.values() if v.is_floating_point()) for u in updates]
+    energy = sum(float((v.double() ** 2).sum()) for u in updates for v in u.values() if v.is_floating_point())
+    fp32_bytes = 4 * sum(nf)
+    rows = []
+    for (spec, _), rec in zip(codecs, recs):
+        bpp = 8 * rec["bytes"] / d
+        lim = [limits.rates(i, m) for i, m in enumerate(rec["update_mse"])]
+        gauss = _weighted([g for g, _ in lim], nf)
+        ba = _weighted([b for _, b in lim], nf)
+        rows.append({
+            "label": label, "codec": spec, "params": d, "bytes": rec["bytes"], "bits_per_param": bpp,
+            "nmse": rec["sq_err"] / energy if energy else 0.0, "mse": rec["sq_err"] / max(sum(nf), 1),
+            "encode_MBps": fp32_bytes / 1e6 / statistics.median(rec["enc"]) if rec["enc"] else math.nan,
+            "decode_MBps": fp32_bytes / 1e6 / statistics.median(rec["dec"]) if rec["dec"] else math.nan,
+            "gauss_rate": gauss, "ba_rate": ba,
+            "rate_over_ba": bpp / ba if ba > 0 else math.nan,
+            "rate_over_gauss": bpp / gauss if gauss > 0 else math.nan,
+        })
+    return rows
+
+
+def _meta(label: str, updates: Sequence[Update], repeats: int) -> dict[str, Any]:
+    def version(mod: str) -> str:
+        try:
+            from importlib.metadata import version as v
+            return v(mod)
+        except Exception:  # noqa: BLE001 - a missing distribution only blanks one field
+            return "?"
+
+    return {
+        "label": label, "command": " ".join(sys.argv), "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "updates": len(updates), "params": sum(_numel(u) for u in updates), "repeats": repeats,
+        "versions": {"fedsqueeze": version("fedsqueeze"), "torch": torch.__version__, "numpy": np.__version__,
+                     "constriction": version("constriction")},
+        "machine": {"cpus": os.cpu_count(), "loadavg": list(os.getloadavg()), "platform": platform.platform(),
+                    "python": platform.python_version(), "torch_threads": 1},
+    }
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if isinstance(v, float):
+        return "—" if math.isnan(v) else (f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}")
+    return str(v)
+
+
+def _print(console, rows: Sequence[dict], meta: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"codecs on {meta['label']}: {meta['params']} parameters, {meta['updates']} update(s)")
+    table.add_column("codec", no_wrap=True)
+    for col, just in [("bits/param", "right"), ("NMSE", "right"), ("enc MB/s", "right"),
+                      ("dec MB/s", "right"), ("R gauss", "right"), ("R BA", "right"), ("rate/BA", "right")]:
+        table.add_column(col, justify=just)
+    for r in rows:
+        table.add_row(r["codec"], _fmt(r["bits_per_param"], 4), _fmt(r["nmse"]), _fmt(r["encode_MBps"]),
+                      _fmt(r["decode_MBps"]), _fmt(r["gauss_rate"]), _fmt(r["ba_rate"]), _fmt(r["rate_over_ba"]))
+    console.print(table)
+    m = meta["machine"]
+    console.print(f"[dim]{meta['date']}  `{meta['command']}`  torch {meta['versions']['torch']}, numpy "
+                  f"{meta['versions']['numpy']}, constriction {meta['versions']['constriction']}; {m['cpus']} cpus, "
+                  f"load {m['loadavg'][0]:.2f}, 1 torch thread, median of {meta['repeats']}[/dim]")
+
+
+def _write_csv(path: Path, rows: Sequence[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def _series(spec: str) -> str:
+    """Plot series of a setting: its spec without numeric options (a sweep over them is one line)."""
+    args = re.sub(r"\w+=[-+]?[\d.]+(?:e[-+]?\d+)?\s*(,\s*)?", "", spec)
+    return re.sub(r"\(\s*,?\s*\)|,\s*\)", lambda m: ")" if m.group(0).startswith(",") else "", args)
+
+
+def _plot(path: Path, rows: Sequence[dict], label: str, frontier: dict[str, np.ndarray]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["nmse"] > 0:
+            groups.setdefault(_series(r["codec"]), []).append(r)
+    markers = "osD^v<>pXh*"
+    for i, (name, rs) in enumerate(groups.items()):
+        rs = sorted(rs, key=lambda r: r["bits_per_param"])
+        ax.plot([r["bits_per_param"] for r in rs], [r["nmse"] for r in rs], marker=markers[i % len(markers)],
+                ms=5, lw=1.2, label=name)
+    if frontier:
+        ax.plot(frontier["ba_rate"], frontier["ba_nmse"], "k--", lw=1.5, label="limit: Blahut–Arimoto R(D)")
+        ax.plot(frontier["gauss_rate"], frontier["gauss_nmse"], ":", color="grey", lw=1.5,
+                label="Gaussian layers, same variances")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per parameter (payload bytes, headers included)")
+    ax.set_ylabel("NMSE")
+    ax.set_title(f"rate–distortion: {label}")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,134 @@
+"""Pipeline: a codec made of codecs, e.g. ``"svd(threshold=0.9) | rdq(step=0.01)"``.
+
+Every stage but the last is a *transform* (see ``Transform``): ``forward(tensors, seed)`` maps the
+named tensors to other named tensors (SVD: ``"w"`` -> ``"w/U"``, ``"w/S"``, ``"w/V"``), and
+``inverse(tensors, specs)`` maps them back to the tensors described by ``specs``. The last stage
+is any codec; it encodes what the transforms produced.
+
+Bytes: the pipeline's body is one complete nested payload (``fedsqueeze.wire.payload``) — of the
+last stage if there is one transform, else of the pipeline of the remaining stages — so the names,
+shapes and dtypes of the intermediate tensors (e.g. the SVD factors, whose rank varies) describe
+themselves. The nested header costs ~15 bytes plus the intermediate names; it is counted like every
+other byte. Stage ``i`` draws its randomness from ``derive_seed(seed, "stage", i)``.
+
+Config: ``stages``, the stage specs as strings (``"rdq(step=0.01)"``); the default ``("fp32",)`` is
+the degenerate one-stage pipeline. Stateful stages (error feedback) are refused: the pipeline keeps
+no state.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from fedsqueeze.codecs.base import Codec, decode_with
+from fedsqueeze.codecs.spec import make_codec
+from fedsqueeze.errors import CodecError, FedsqueezeError, PayloadError
+from fedsqueeze.seeding import derive_seed
+from fedsqueeze.wire.payload import TensorSpec, unpack
+
+Tensors = dict[str, torch.Tensor]
+NESTED_GROWTH = 4  # a transform's output may declare up to 4x (+64 K) the elements of its input
+
+
+@runtime_checkable
+class Transform(Protocol):
+    """A pipeline stage that rewrites tensors instead of producing bytes."""
+
+    def forward(self, tensors: Mapping[str, torch.Tensor], seed: int) -> Tensors: ...
+
+    def inverse(self, tensors: Mapping[str, torch.Tensor], specs: Sequence[TensorSpec]) -> Tensors: ...
+
+
+def spec_string(codec: Codec) -> str:
+    """``"rdq(step=0.01)"``: the codec id and the options that differ from the defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(codec)}
+    config = codec.get_config()
+    args = [f"{k}={v!r}" for k, v in config.items() if v != _plain(defaults.get(k))]
+    return f"{codec.codec_id}({', '.join(args)})" if args else codec.codec_id
+
+
+def _plain(v: object) -> object:
+    return list(v) if isinstance(v, tuple) else v
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline(Codec):
+    """Transforms (e.g. svd) followed by one codec; the last stage's payload is the body."""
+
+    codec_id = "pipeline"
+
+    stages: tuple[str, ...] = ("fp32",)
+
+    def __post_init__(self) -> None:
+        stages = self.stages
+        if isinstance(stages, str):
+            stages = tuple(s.strip() for s in stages.split("|"))
+        if not isinstance(stages, (list, tuple)) or not stages or not all(isinstance(s, str) for s in stages):
+            raise CodecError(f"pipeline: stages must be a non-empty list of codec specs, got {self.stages!r}")
+        object.__setattr__(self, "stages", tuple(stages))
+        codecs = []
+        for text in stages:
+            try:
+                codec = make_codec(text)
+            except (FedsqueezeError, RecursionError, MemoryError, ValueError) as e:  # also from wire headers
+                raise CodecError(f"pipeline: stage {text[:80]!r}: {e}") from e
+            if isinstance(codec, Pipeline):
+                raise CodecError(f"pipeline: stage {text!r} is itself a pipeline; list its stages flat")
+            if codec.stateful:
+                raise CodecError(f"pipeline: stage {text!r} is stateful (error feedback); "
+                                 "wrap the whole pipeline instead")
+            codecs.append(codec)
+        for text, codec in zip(stages[:-1], codecs[:-1]):
+            if not isinstance(codec, Transform):
+                raise CodecError(f"pipeline: stage {text!r} is not a transform; only the last stage may be "
+                                 "a plain codec (transforms: codecs with forward/inverse, e.g. svd)")
+        object.__setattr__(self, "_codecs", tuple(codecs))
+
+    @classmethod
+    def of(cls, stages: Sequence[Codec]) -> "Pipeline":
+        """The pipeline of these codec objects (transforms first, one codec last)."""
+        return cls(stages=tuple(spec_string(c) for c in stages))
+
+    def _tail(self) -> Codec:
+        """What encodes the first transform's output: the last codec, or the pipeline of the rest."""
+        rest = self.stages[1:]
+        return self._codecs[-1] if len(rest) == 1 else Pipeline(stages=rest)
+
+    # ---- codec hooks --------------------------------------------------------------------------------
+    def encode_body(self, values: list[torch.Tensor], specs: Sequence[TensorSpec], seed: int) -> bytes:
+        tensors = {spec.name: v for spec, v in zip(specs, values)}
+        if len(self._codecs) == 1:
+            return self._codecs[0].encode(tensors, seed=derive_seed(seed, "stage", 0))
+        out = self._codecs[0].forward(tensors, derive_seed(seed, "stage", 0))
+        return self._tail().encode(out, seed=derive_seed(seed, "stage", 1))
+
+    def decode_body(self, body: memoryview, specs: Sequence[TensorSpec], seed: int) -> list[torch.Tensor]:
+        one = len(self._codecs) == 1
+        tail = self._codecs[0] if one else self._tail()
+        header, inner = unpack(body)
+        if header.codec_id != tail.codec_id:
+            raise PayloadError(f"pipeline: nested payload is {header.codec_id!r}, expected {tail.codec_id!r}")
+        try:
+            same = type(tail).from_config(header.config) == tail
+        except CodecError as e:
+            raise PayloadError(f"pipeline: nested payload carries an invalid config: {e}") from e
+        if not same:
+            raise PayloadError(f"pipeline: nested {tail.codec_id!r} config {header.config} differs from the stage's")
+        total = sum(s.numel for s in specs)
+        nested = decode_with(type(tail), header, inner, expect=None,
+                             max_numel=NESTED_GROWTH * total + (1 << 16))
+        tensors = nested if one else self._codecs[0].inverse(nested, specs)
+        out = []
+        for spec in specs:
+            x = tensors.get(spec.name)
+            if not isinstance(x, torch.Tensor) or tuple(x.shape) != spec.shape:
+                got = None if x is None else tuple(getattr(x, "shape", ()))
+                raise PayloadError(f"pipeline: tensor {spec.name!r} came back as {got}, expected {spec.shape}")
+            out.append(x)
+        if len(tensors) != len(specs):
+            raise PayloadError(f"pipeline: {len(tensors)} tensors came back for {len(specs)} declared")
+        return out
+

@@ -1,0 +1,224 @@
+"""RDQ: one-step-size scalar quantisation + a universal (Elias-γ) or ANS code, step chosen by R–D vote.
+
+Mitchell, Ballé, Charles, Konečný. "Optimizing the Communication-Accuracy Trade-off in Federated
+Learning with Rate-Distortion Theory". arXiv 2201.02664 (2022). METHODS.md §5.
+
+Quantiser (per tensor, in units of the step u actually used)::
+
+    deterministic   q = round(Δ/u)      (half to even); with dead_zone θ > 0:
+                    q = sign(Δ)·floor(|Δ|/u + ½ − θ)   (zero bin widened to ±(½ + θ)·u)
+    stochastic      q = floor(Δ/u + U),  U ~ Uniform[0, 1)        unbiased, decoder needs no U
+    dither          q = round(Δ/u + U),  U ~ Uniform[−½, ½)       subtractive: Δ̂ = u·(q − U)
+    decode          Δ̂ = u·q  (dither: minus u·U, U regenerated from the header seed)
+
+U is float32 from ``numpy.random.default_rng(tensor seed).random(numel, dtype=float32)`` (PCG64),
+minus ½ for dither; the tensor seed is the base class's ``derive_seed(payload seed, tensor index)``.
+
+u = ``step`` (the paper: one step size for every tensor, client and round), or ``step``·RMS(Δ)
+per tensor with ``normalize=True`` (scale-free, not in the paper). Range guard (not in the paper):
+a tensor whose range would need more than 2^20 levels uses u = max|Δ|/2^20 instead, so q always
+fits in int32; the u actually used travels with each tensor.
+
+Bytes per tensor (inside the base class's length-prefixed chunk)::
+
+    f32 LE u                       the step actually used
+    coder = "gamma" (the paper's universal code):
+        varint m                   number of non-zero q
+        for each non-zero q in order, MSB-first bits, zero-padded at the end:
+            Elias-γ(zeros since the previous non-zero + 1), 1 sign bit (1 = negative), Elias-γ(|q|)
+        (trailing zeros are implied by the tensor's shape)
+    coder = "ans" (the near-optimal variant): ``fedsqueeze.codecs.entropy`` of all q (a compact
+        count table, then an ANS stream)
+
+Bias: deterministic rounding is biased, |Δ̂ − Δ| ≤ u/2 per coordinate (≤ (½ + θ)·u with a dead zone);
+stochastic rounding and subtractive dither are unbiased (``unbiased`` is the class default False
+because it depends on ``rounding``). Dither makes the error Uniform[−u/2, u/2] and independent of Δ.
+
+Step selection: ``vote_step`` scores candidate steps on one client's update by D + λ·R (D = MSE per
+parameter, R = 8·len(payload)/d bits per parameter, the real bytes of this codec); ``adopt_step``
+takes the server's majority. The paper finds the frontier stable across clients and rounds, so a
+fixed offline step is near-optimal. Default ``step=1e-3`` suits FedAvg updates of small CNNs (update
+RMS ~1e-3 to 1e-2: a few bits per parameter); tune it with the vote or ``fedsqueeze bench codecs``.
+
+The defaults are the paper's method (plain rounding, the universal γ code, one absolute step);
+``coder="ans"`` (about 20% fewer bits than γ at 1–2 bits/param), ``dead_zone``, ``normalize`` and
+the range guard are our additions. Measured on 10^6 i.i.d. Laplace values (``fedsqueeze.bench``):
+with ``coder="ans"`` the rate is 1.14–1.33x the Blahut–Arimoto R(D) between 0.5 and 2.3 bits/param,
+1.15–1.16x with ``dead_zone=0.2``. The authors' released code was not consulted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from fedsqueeze.codecs.base import Codec
+from fedsqueeze.codecs.bits import decode_records, encode_records
+from fedsqueeze.codecs.entropy import decode_symbols, encode_symbols
+from fedsqueeze.errors import CodecError, PayloadError
+from fedsqueeze.wire.varint import Reader, encode_varint
+
+ROUNDINGS = ("deterministic", "stochastic", "dither")
+CODERS = ("gamma", "ans")
+QMAX = 1 << 20
+_F32 = struct.Struct("<f")
+_RECORD = ["gamma", 1, "gamma"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RDQ(Codec):
+    """Uniform quantiser with one step size, entropy-coded (γ universal code or ANS); Mitchell et al. 2022."""
+
+    codec_id = "rdq"
+
+    step: float = 1e-3
+    rounding: str = "deterministic"
+    coder: str = "gamma"
+    normalize: bool = False
+    dead_zone: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.step, bool) or not isinstance(self.step, (int, float)) \
+                or not (0 < self.step < math.inf):
+            raise CodecError(f"rdq: step must be a positive finite number, got {self.step!r}")
+        if self.rounding not in ROUNDINGS:
+            raise CodecError(f"rdq: rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
+        if self.coder not in CODERS:
+            raise CodecError(f"rdq: coder must be one of {', '.join(CODERS)}, got {self.coder!r}")
+        if not isinstance(self.normalize, bool):
+            raise CodecError(f"rdq: normalize must be true or false, got {self.normalize!r}")
+        if isinstance(self.dead_zone, bool) or not isinstance(self.dead_zone, (int, float)) \
+                or not 0 <= self.dead_zone <= 0.5:
+            raise CodecError(f"rdq: dead_zone must be in [0, 0.5] (step units), got {self.dead_zone!r}")
+        if self.dead_zone and self.rounding != "deterministic":
+            raise CodecError("rdq: dead_zone needs rounding='deterministic' (it would bias the others)")
+
+    # ---- quantisation ---------------------------------------------------------------------------
+    def _unit(self, x: torch.Tensor) -> float:
+        """The step for this tensor, rounded to fp32 (what the decoder will read)."""
+        lo, hi = torch.aminmax(x)
+        amax = max(-float(lo), float(hi))
+        unit = self.step
+        if self.normalize:
+            unit *= float(torch.linalg.vector_norm(x, dtype=torch.float64)) / math.sqrt(x.numel())
+        unit = max(unit, amax / QMAX)
+        unit = float(np.float32(unit))
+        if not 0 < unit < math.inf:  # all zeros (normalised) or an underflow: any positive step works
+            unit = float(np.float32(self.step)) or 1.0
+        return unit
+
+    def _uniform(self, n: int, seed: int) -> torch.Tensor | None:
+        if self.rounding == "deterministic":
+            return None
+        u = torch.from_numpy(np.random.default_rng(seed).random(n, dtype=np.float32))
+        return u.sub_(0.5) if self.rounding == "dither" else u
+
+    def quantize(self, x: torch.Tensor, unit: float, seed: int) -> torch.Tensor:
+        """Integer levels (int32) of a flat float32 tensor for step ``unit``."""
+        y = x / unit
+        u = self._uniform(y.numel(), seed)
+        if u is not None:
+            y.add_(u)
+            y = y.floor_() if self.rounding == "stochastic" else y.round_()
+        elif self.dead_zone:
+            # sign(y)·floor(|y| + ½ − θ) = trunc(y + copysign(½ − θ, y)), as ½ − θ < 1
+            y = y.add_(torch.copysign(torch.tensor(0.5 - self.dead_zone), y)).trunc_()
+        else:
+            y = y.round_()
+        return y.to(torch.int32)
+
+    def dequantize(self, q: torch.Tensor, unit: float, seed: int) -> torch.Tensor:
+        y = q.to(torch.float32)
+        if self.rounding == "dither":
+            y.sub_(self._uniform(y.numel(), seed))
+        return y.mul_(unit)
+
+    # ---- codec hooks --------------------------------------------------------------------------------
+    def encode_tensor(self, x: torch.Tensor, seed: int) -> bytes:
+        x = x.reshape(-1)
+        unit = self._unit(x)
+        q = self.quantize(x, unit, seed).numpy()
+        return _F32.pack(unit) + (encode_symbols(q) if self.coder == "ans" else _gamma_encode(q))
+
+    def decode_tensor(self, data: memoryview, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+        numel = math.prod(shape)
+        r = Reader(data)
+        (unit,) = _F32.unpack(r.take(4))
+        if not 0 < unit < math.inf:
+            raise PayloadError(f"rdq: step {unit} is not a positive finite number")
+        rest = r.take(r.remaining())
+        q = decode_symbols(rest, numel) if self.coder == "ans" else _gamma_decode(rest, numel)
+        return self.dequantize(torch.from_numpy(q), unit, seed).reshape(shape)
+
+
+def _gamma_encode(q: np.ndarray) -> bytes:
+    """varint m, then per non-zero: γ(zero run + 1), sign bit, γ(|q|) (the paper's universal code)."""
+    nz = np.flatnonzero(q)
+    if not len(nz):
+        return encode_varint(0)
+    runs = np.diff(nz, prepend=-1)  # = zeros since the previous non-zero + 1
+    v = q[nz].astype(np.int64)
+    data, _ = encode_records([runs, (v < 0).astype(np.int64), np.abs(v)], _RECORD)
+    return encode_varint(len(nz)) + data
+
+
+def _gamma_decode(data: memoryview, numel: int) -> np.ndarray:
+    r = Reader(data)
+    m = r.varint(limit=numel)
+    stream = r.take(r.remaining())
+    (runs, neg, mag), _ = decode_records(stream, m, _RECORD, strict=True)
+    q = np.zeros(numel, dtype=np.int32)
+    if not m:
+        return q
+    if runs.max() > numel or mag.max() > 1 << 31:
+        raise PayloadError("rdq: zero run or level beyond the tensor's size or int32")
+    pos = np.cumsum(runs) - 1
+    if pos[-1] >= numel:
+        raise PayloadError(f"rdq: non-zero at position {int(pos[-1])} in a tensor of {numel}")
+    q[pos] = np.where(neg.astype(bool), -mag, mag)
+    return q
+
+
+# ---- step size by rate–distortion vote --------------------------------------------------------------
+def rd_scores(update: Mapping[str, torch.Tensor] | torch.Tensor, candidates: Iterable[float],
+              codec: RDQ | None = None, seed: int = 0) -> list[tuple[float, float, float]]:
+    """(step, D = MSE per parameter, R = bits per parameter of the real payload) per candidate."""
+    tensors = {"update": update} if isinstance(update, torch.Tensor) else dict(update)
+    floats = {k: v for k, v in tensors.items() if v.is_floating_point()}
+    d = sum(v.numel() for v in floats.values())
+    if not d:
+        raise CodecError("vote_step needs an update with at least one float parameter")
+    codec = codec or RDQ()
+    out = []
+    for s in sorted(float(c) for c in candidates):
+        c = dataclasses.replace(codec, step=s)
+        payload = c.encode(tensors, seed=seed)
+        back = c.decode(payload)
+        sq = sum(float((back[k].double() - v.double()).square().sum()) for k, v in floats.items())
+        out.append((s, sq / d, 8.0 * len(payload) / d))
+    return out
+
+
+def vote_step(update: Mapping[str, torch.Tensor] | torch.Tensor, candidates: Iterable[float], lam: float,
+              codec: RDQ | None = None, seed: int = 0) -> float:
+    """The candidate step minimising D + λ·R on this update (ties -> the smaller step).
+
+    λ is in MSE per bit/parameter; ``codec`` fixes the other options (rounding, coder, ...).
+    """
+    scores = rd_scores(update, candidates, codec, seed)
+    if not scores:
+        raise CodecError("vote_step needs at least one candidate step")
+    return min(scores, key=lambda t: (t[1] + lam * t[2], t[0]))[0]
+
+
+def adopt_step(votes: Iterable[float]) -> float:
+    """The server's choice: the most-voted step; ties -> the smaller step."""
+    tally = Counter(float(v) for v in votes)
+    if not tally:
+        raise CodecError("adopt_step needs at least one vote")
+    return min(tally, key=lambda s: (-tally[s], s))
