@@ -46,7 +46,7 @@ DEFAULT_SWEEP: dict[str, list[str]] = {
     "fp32": ["fp32"],
     "fp16": ["fp16"],
     "bf16": ["bf16"],
-    "rdq": [f"rdq(step={s}, normalize=True, coder='ans')" for s in (0.5, 1.0, 2.0, 4.0)]
+    "rdq": [f"rdq(step={s}, normalize=True, coder='ans')" for s in (0.5, 1.0, 2.0, 4.0, 8.0)]
     + ["rdq(step=2.0, normalize=True, coder='ans', dead_zone=0.25)",
        "rdq(step=2.0, normalize=True, coder='ans', rounding='dither')",
        "rdq(step=2.0, normalize=True)"],
@@ -65,10 +65,22 @@ def synthetic_laplace(d: int, seed: int = 0, scale: float = 1e-3) -> list[Update
     return [{"layer.weight": values[:rows * cols].reshape(rows, cols), "layer.bias": values[rows * cols:].clone()}]
 
 
-def default_settings() -> dict[str, list[str]]:
-    """Every registered codec: its sweep from DEFAULT_SWEEP, else its default configuration."""
-    out = {cid: DEFAULT_SWEEP.get(cid, [cid]) for cid in CODECS.names()}
+def default_settings(updates: Sequence[Update] | None = None) -> dict[str, list[str]]:
+    """Every registered codec: its sweep from DEFAULT_SWEEP, else its default configuration.
+
+    Given the updates, ``rdq`` also sweeps absolute step sizes (multiples of the first update's
+    RMS, with and without a dead zone): one step for every layer gives every layer the same MSE,
+    which is the optimal (reverse water-filling) allocation at high rate — the paper's setting."""
+    out = {cid: list(DEFAULT_SWEEP.get(cid, [cid])) for cid in CODECS.names()}
     out["pipeline"] = [p for cid, specs in PIPELINES.items() if cid in CODECS for p in specs]
+    if updates and "rdq" in out:
+        floats = _floats(updates[0])
+        n = sum(len(v) for v in floats.values())
+        rms = math.sqrt(sum(float((v ** 2).sum()) for v in floats.values()) / n) if n else 0.0
+        if rms > 0:
+            for dz in (0.0, 0.25):
+                extra = f", dead_zone={dz}" if dz else ""
+                out["rdq"] += [f"rdq(step={f * rms:.3g}, coder='ans'{extra})" for f in (0.5, 1, 2, 4)]
     return {cid: specs for cid, specs in out.items() if specs}
 
 
@@ -115,9 +127,15 @@ class _Limits:
     def __init__(self, updates: Sequence[Update], distortions: Sequence[float]) -> None:
         self.layers = [_floats(up) for up in updates]
         var_max = max((float(np.var(v)) for lay in self.layers for v in lay.values()), default=0.0)
+        # the slope sweep must reach the distortions the codecs hit on the *big* layers, whose variance
+        # can be orders of magnitude below the largest layer variance (real CNN updates: a small
+        # high-variance bias vs a 1.6 M-weight fully connected layer): bound it by the mean power
+        sizes = [len(v) for lay in self.layers for v in lay.values()]
+        power = (sum(float((v ** 2).sum()) for lay in self.layers for v in lay.values()) / sum(sizes)
+                 if sizes else 0.0)
         pos = [d for d in distortions if d > 0]
-        d_lo = max(min(pos, default=var_max) / 2, var_max * 2.0 ** -12)
-        self.betas = rd.betas_for(d_lo, 2 * var_max, 32) if var_max > 0 else np.zeros(0)
+        d_lo = max(min(pos, default=power) / 4, power * 2.0 ** -20)
+        self.betas = rd.betas_for(d_lo, 2 * var_max, 40) if var_max > 0 else np.zeros(0)
         self.curves = [self._curve(lay) for lay in self.layers]
 
     def _curve(self, layers: dict[str, np.ndarray]) -> rd.RDCurve | None:
@@ -168,7 +186,7 @@ def run(updates: list[Update], label: str, out_dir: Path, settings: dict[str, li
     if not updates or not any(_numel(u) for u in updates):
         raise FedsqueezeError("the codec benchmark needs at least one non-empty update")
     explicit = settings is not None
-    settings = default_settings() if settings is None else settings
+    settings = default_settings(updates) if settings is None else settings
     codecs = []
     for cid, specs in settings.items():
         if cid not in CODECS:

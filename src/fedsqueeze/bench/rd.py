@@ -13,8 +13,9 @@
   allocation of distortion between independent layers; the element-weighted sums of the layers' D
   and R are the whole update's curve (``combine``). ``rate_at`` interpolates R at a given D (in log D).
 
-The discretisation bounds what the curve can resolve: points whose distortion falls below a few
-cell widths squared are dropped (the histogram's entropy caps R there, not the source).
+The discretisation bounds what the curve can resolve: for points whose distortion falls below a
+few cell widths squared (where the histogram's entropy, not the source, would cap R) the curve
+switches to the Shannon lower bound h(X) − ½·log2(2πe·D), which is tight at high resolution.
 """
 from __future__ import annotations
 
@@ -139,10 +140,21 @@ def rd_curve(values: np.ndarray, betas: Sequence[float] | None = None, *, bins: 
     recon = np.linspace(lo, hi, levels)
     dist = (centers[:, None] - recon[None, :]) ** 2
     d, r = blahut_arimoto(counts / counts.sum(), dist, betas)
-    # a cell of width w already carries w²/12 of unresolved spread; trust points well above it
+    # a cell of width w already carries w²/12 of unresolved spread; trust points well above it.
+    # Below that, the high-resolution regime holds: the Shannon lower bound
+    # R(D) >= h(X) - ½·log2(2πe·D) is tight as D -> 0, with D = 1/(2β) on the curve's slope and the
+    # differential entropy h estimated from the histogram (discrete entropy + log2 of the cell width).
     floor = 4.0 * max(width, (hi - lo) / max(levels - 1, 1)) ** 2
-    d = np.where(d >= floor, d, np.nan)
-    return RDCurve(d, np.where(np.isnan(d), np.nan, r))
+    fine = d < floor
+    if fine.any():
+        prob = counts[counts > 0] / counts.sum()
+        h = float(-(prob * np.log2(prob)).sum()) + math.log2(width)
+        d_hr = 1.0 / (2.0 * betas[fine])
+        d = d.copy()
+        r = r.copy()
+        d[fine] = d_hr
+        r[fine] = np.maximum(0.0, h - 0.5 * np.log2(2 * math.pi * math.e * d_hr))
+    return RDCurve(d, r)
 
 
 def combine(curves: Sequence[RDCurve], sizes: Sequence[int]) -> RDCurve:
