@@ -317,6 +317,8 @@ def _plot(path: Path, rows: Sequence[dict], label: str, frontier: dict[str, np.n
                 label="Gaussian layers, same variances")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xlim(left=0.02)  # below ~0.02 bits/parameter the limit curves only approach NMSE 1
+    ax.set_ylim(top=2.0)
     ax.set_xlabel("bits per parameter (payload bytes, headers included)")
     ax.set_ylabel("NMSE")
     ax.set_title(f"rate–distortion: {label}")

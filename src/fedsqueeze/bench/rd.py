@@ -149,7 +149,7 @@ def rd_curve(values: np.ndarray, betas: Sequence[float] | None = None, *, bins: 
     if fine.any():
         prob = counts[counts > 0] / counts.sum()
         h = float(-(prob * np.log2(prob)).sum()) + math.log2(width)
-        d_hr = 1.0 / (2.0 * betas[fine])
+        d_hr = np.minimum(1.0 / (2.0 * betas[fine]), var)  # never beyond the rate-0 distortion
         d = d.copy()
         r = r.copy()
         d[fine] = d_hr
