@@ -135,6 +135,14 @@ def cmd_bench_engine(args) -> int:
     return bench_engine(args)
 
 
+def _entropy_stage(console, updates, settings, label) -> None:
+    from fedsqueeze.bench import entropy_stage
+
+    rows = entropy_stage.measure(updates, settings.get("rdq", []))
+    if rows:
+        entropy_stage.print_rows(console, rows, label)
+
+
 def cmd_bench_codecs(args) -> int:
     from rich.console import Console
 
@@ -152,10 +160,14 @@ def cmd_bench_codecs(args) -> int:
         console.print(f"capturing real updates: FedAvg on {args.dataset}, CNN, {args.warmup} warm-up rounds ...")
         updates = capture_updates(dataset=args.dataset, warmup=args.warmup, clients=args.clients,
                                   data_dir=args.data_dir or "", cache=out / "updates.pt")
-        bench.run(updates, "real", out, settings=settings(updates), repeats=args.repeats, console=console)
+        chosen = settings(updates)
+        bench.run(updates, "real", out, settings=chosen, repeats=args.repeats, console=console)
+        _entropy_stage(console, updates, chosen, "real")
     if args.source in ("laplace", "both"):
         updates = bench.synthetic_laplace(args.dim)
-        bench.run(updates, "laplace", out, settings=settings(updates), repeats=args.repeats, console=console)
+        chosen = settings(updates)
+        bench.run(updates, "laplace", out, settings=chosen, repeats=args.repeats, console=console)
+        _entropy_stage(console, updates, chosen, "laplace")
     return 0
 
 
@@ -217,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--repeats", type=int, default=5)
     bc.add_argument("--out", default="runs/bench-codecs")
     bc.set_defaults(func=cmd_bench_codecs)
+    bf = bsub.add_parser("fuzz", help="hostile payloads against the decoders: only our own errors allowed",
+                         description="Mutated payloads of every codec (truncation, bit flips, random bytes, inflated "
+                                     "shapes, swapped codec ids, re-framed body mutations) through the server-side "
+                                     "decode path; counts outcomes; exit 1 on any crash or hang.")
+    bf.add_argument("--cases", type=int, default=100_000, help="cases per codec (default 100,000)")
+    bf.add_argument("--codecs", help="comma-separated codec ids (default: all registered)")
+    bf.add_argument("--seed", type=int, default=0)
+    bf.add_argument("--time-limit", type=float, default=2.0, help="seconds per case before it counts as a hang")
+    bf.add_argument("--max-numel", type=int, default=1 << 22, help="element cap of the decoder")
+    bf.set_defaults(func=lambda a: __import__("fedsqueeze.bench.fuzz", fromlist=["main"]).main(a))
     _add_flower(sub)
     return p
 
