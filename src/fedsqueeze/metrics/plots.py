@@ -31,12 +31,16 @@ def plot_runs(run_dirs: list[Path], out: Path, *, metric: str = "global_acc", ti
         rd = Path(rd)
         if not (rd / "metrics.jsonl").exists():
             raise FedsqueezeError(f"{rd} is not a run directory (no metrics.jsonl); pass folders made by `fedsqueeze run`")
-        hist = [r for r in read_history(rd) if r.get(metric) is not None]
+        history = read_history(rd)
+        key = metric
+        if not any(r.get(key) is not None for r in history) and key == "global_acc":
+            key = "personal_acc"  # no global model (local-only, FedPer, SPATL): show the personal one
+        hist = [r for r in history if r.get(key) is not None]
         if not hist:
             continue
         mb = [max(r["cum_bytes"], 1) / 1e6 for r in hist]
-        acc = [100 * r[metric] for r in hist]
-        label = _label(rd)
+        acc = [100 * r[key] for r in hist]
+        label = _label(rd) + (" [personal]" if key != metric else "")
         ax_mb.plot(mb, acc, marker=".", label=label)
         ax_rd.plot([r["round"] for r in hist], acc, marker=".", label=label)
     ax_mb.set_xscale("log")
