@@ -65,6 +65,11 @@ class EvalConfig:
 class EngineConfig:
     workers: int = 0                  # 0 = clients run in this process; N = pool of N worker processes
     checkpoint_every: int = 1         # rounds between checkpoints (0 = never)
+    # Flower deployments only (fedsqueeze.flower); the simulation engine ignores these
+    min_replies: int = 1              # fewest client replies a communication step accepts
+    round_timeout: float = 600.0      # seconds a step waits for the replies of its clients
+    retries: int = 1                  # re-sends to the clients that did not reply, if too few did
+    too_few: str = "skip"             # still too few replies: 'skip' the round or 'fail' the run
 
 
 @dataclass
@@ -115,6 +120,10 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("eval.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("engine.workers", lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
     ("engine.checkpoint_every", lambda v: v >= 0, "an integer >= 0"),
+    ("engine.min_replies", lambda v: v >= 1, "an integer >= 1"),
+    ("engine.round_timeout", lambda v: v > 0, "a number of seconds > 0"),
+    ("engine.retries", lambda v: v >= 0, "an integer >= 0"),
+    ("engine.too_few", lambda v: v in ("skip", "fail"), "'skip' or 'fail'"),
 ]
 
 

@@ -1,0 +1,143 @@
+"""``fedsqueeze flower app | local``: the command-line side of the Flower adapter (flwr imported lazily)."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fedsqueeze.errors import FedsqueezeError
+
+
+def _config(args):
+    from fedsqueeze.config import load_config
+
+    overrides = list(args.set or [])
+    if args.rounds is not None:
+        overrides.append(f"rounds={args.rounds}")
+    return load_config(args.config, overrides)
+
+
+def cmd_app(args) -> int:
+    from fedsqueeze.flower import require_flwr
+    from fedsqueeze.flower.app_template import write_app
+
+    require_flwr()
+    cfg = _config(args)
+    out = write_app(cfg, args.out_dir, insecure=args.insecure, run_dir=args.run_dir or "",
+                    superlink=args.superlink, source=args.config)
+    print(f"wrote the Flower app for {cfg.name!r} to {out}/ (pyproject.toml, fedsqueeze_app/, README.md)")
+    print(f"{'plaintext (--insecure)' if args.insecure else 'TLS'}; how to run it: {out / 'README.md'}")
+    return 0
+
+
+def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, timeout: float | None = None,
+              workdir: Path | None = None, log=print, on_line=print) -> list[dict]:
+    """Write the app, start a local federation of ``nodes`` SuperNodes, run, stop; the round history."""
+    from fedsqueeze.flower import require_flwr
+    from fedsqueeze.flower.app_template import write_app
+    from fedsqueeze.flower.local import LocalFederation
+    from fedsqueeze.metrics.results import read_history
+
+    require_flwr()
+    if cfg.data.num_clients != nodes:
+        raise FedsqueezeError(f"--nodes {nodes} but data.num_clients = {cfg.data.num_clients}: one SuperNode per "
+                              f"client; pass --set data.num_clients={nodes} or --nodes {cfg.data.num_clients}")
+    own = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="fedsqueeze-flower-")) if own else Path(workdir)
+    out = Path(out).resolve()
+    app = write_app(cfg, work / "app", insecure=insecure, run_dir=str(out))
+    started = time.time()
+    ok = False
+    try:
+        with LocalFederation(work, nodes, insecure=insecure, log=log) as fed:
+            rc = fed.run(app, timeout=timeout, on_line=on_line)
+        summary = out / "summary.csv"
+        fresh = summary.exists() and summary.stat().st_mtime >= started  # not a previous run's
+        history = read_history(out) if fresh else []
+        if rc != 0 or not fresh or len(history) != cfg.rounds:
+            raise FedsqueezeError(f"the Flower run did not complete (flwr run exit code {rc}, {len(history)} of "
+                                  f"{cfg.rounds} rounds in {out}); logs in {work / 'logs'}")
+        ok = True
+        return history
+    finally:
+        if own and ok:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def cmd_local(args) -> int:
+    from fedsqueeze.flower.local import interrupt_on_termination
+
+    cfg = _config(args)
+    nodes = args.nodes if args.nodes is not None else cfg.data.num_clients
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / f"{cfg.name}-flower-{stamp}"
+    print(f"fedsqueeze on Flower: {cfg.name}, {nodes} SuperNodes on 127.0.0.1, results in {out}", file=sys.stderr)
+    try:
+        with interrupt_on_termination():
+            history = run_local(cfg, nodes, out, insecure=args.insecure, timeout=args.timeout,
+                                workdir=Path(args.workdir) if args.workdir else None,
+                                log=lambda m: print(m, file=sys.stderr), on_line=print)
+    except KeyboardInterrupt:
+        print("interrupted; the local federation was stopped", file=sys.stderr)
+        return 130
+    acc = history[-1].get("global_acc")
+    print(f"done: {len(history)} rounds, final accuracy {'—' if acc is None else f'{100 * acc:.2f}%'}, "
+          f"{history[-1]['cum_bytes']:,} bytes; run folder: {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_certs(args) -> int:
+    from fedsqueeze.flower.tls import make_certificates
+
+    hosts = tuple(h.strip() for h in args.hosts.split(",") if h.strip())
+    certs = make_certificates(args.out_dir, hosts)
+    print(f"wrote {certs.ca} (CA: --root-certificates for SuperNodes, root-certificates for flwr), "
+          f"{certs.cert} and {certs.key} (the SuperLink's --ssl-certfile/--ssl-keyfile) for {', '.join(hosts)}; "
+          "valid one day, for tests; use your own CA for real deployments")
+    return 0
+
+
+def add_parser(sub) -> None:
+    f = sub.add_parser("flower", help="run experiments on Flower's Deployment Engine (needs fedsqueeze[flower])",
+                       description="Real deployments on Flower: write a Flower app for an experiment, or run one "
+                                   "on a local federation (SuperLink + SuperNodes on 127.0.0.1).")
+    fsub = f.add_subparsers(dest="flower", required=True, metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="experiment TOML file")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+        p.add_argument("--rounds", type=int, help="number of rounds (shortcut for --set rounds=N)")
+        p.add_argument("--insecure", action="store_true",
+                       help="plaintext instead of TLS (only for tests on a trusted network such as 127.0.0.1)")
+
+    a = fsub.add_parser("app", help="write a ready Flower app for an experiment config",
+                        description="Write OUT_DIR/pyproject.toml ([tool.flwr.app] with the experiment config), "
+                                    "the ServerApp/ClientApp modules and a README with the commands to run it.")
+    common(a)
+    a.add_argument("out_dir", help="folder for the Flower app")
+    a.add_argument("--superlink", default="127.0.0.1:8000", help="SuperLink address host:port for the README")
+    a.add_argument("--run-dir", help="results folder on the SuperLink host (default runs/<name>-flower)")
+    a.set_defaults(func=cmd_app)
+
+    lo = fsub.add_parser("local", help="run an experiment on a local Flower federation (127.0.0.1)",
+                         description="Start a SuperLink and N SuperNodes on 127.0.0.1 (free ports, TLS with a "
+                                     "throw-away CA unless --insecure), run the experiment with `flwr run`, stream "
+                                     "its progress and stop every process started (also on Ctrl-C and errors).")
+    common(lo)
+    lo.add_argument("--nodes", type=int, help="number of SuperNodes = data.num_clients (default: data.num_clients)")
+    lo.add_argument("--out", help="run directory (default <output_dir>/<name>-flower-<timestamp>)")
+    lo.add_argument("--timeout", type=float, help="give up after this many seconds")
+    lo.add_argument("--workdir", help="keep Flower's home, certificates, app and logs here (default: a temp "
+                                      "folder, deleted after a successful run)")
+    lo.set_defaults(func=cmd_local)
+
+    c = fsub.add_parser("certs", help="a throw-away CA and SuperLink certificate for trying TLS",
+                        description="Write OUT_DIR/ca.crt, server.pem and server.key: a one-day test CA and a "
+                                    "SuperLink certificate for the given hosts. Use your own CA for real deployments.")
+    c.add_argument("out_dir", help="folder for the certificates")
+    c.add_argument("--hosts", default="127.0.0.1,localhost",
+                   help="comma-separated IP addresses / DNS names the SuperLink is reached at")
+    c.set_defaults(func=cmd_certs)

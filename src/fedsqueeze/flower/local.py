@@ -1,0 +1,308 @@
+"""``fedsqueeze flower local``: a whole Flower federation on 127.0.0.1, started, used and stopped.
+
+``LocalFederation`` starts a SuperLink and N SuperNodes (``partition-id=i num-partitions=N``) on free
+loopback ports, with TLS (a throw-away CA, see ``tls``) unless ``insecure``; ``run`` submits an app
+with ``flwr run --stream`` and streams its lines. Every process it starts — and everything those
+start (Flower's SuperExec, ServerApp and ClientApp processes) — is stopped on exit, on errors and on
+Ctrl-C: SIGTERM, then SIGKILL after a grace period. Flower's state lives in a private ``FLWR_HOME``;
+``FLWR_DISABLE_UPDATE_CHECK=1`` everywhere.
+
+Flower starts a fresh ClientApp process for every message, so each round costs a few seconds of
+process start-up per client on top of training: fine for trying a deployment, slow for benchmarks
+(use the simulation engine for those).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fedsqueeze.errors import FedsqueezeError
+from fedsqueeze.flower.app_template import CONNECTION, connection_toml
+from fedsqueeze.flower.tls import Certificates, make_certificates
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FedsqueezeError(f"{what} exited with code {proc.returncode}:\n{tail(log)}")
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise FedsqueezeError(f"{what} did not open port {port} within {timeout:.0f} s:\n{tail(log)}")
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; elsewhere none): Flower detaches its SuperExec into
+    its own session, so killing a process group would miss it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def environ_has(pid: int, entry: bytes) -> bool:
+    try:
+        return entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def processes_with(entry: bytes) -> list[int]:
+    """Live processes whose environment holds ``entry`` (e.g. ``b"FLWR_HOME=/tmp/x"``): all a local
+    federation started, orphans included, since children inherit the environment."""
+    if not Path("/proc").is_dir():
+        return []
+    return [int(e.name) for e in Path("/proc").iterdir()
+            if e.name.isdigit() and environ_has(int(e.name), entry) and not _zombie(int(e.name))]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def stop_tree(proc: subprocess.Popen, *, sig: int = signal.SIGTERM, grace: float = 5.0,
+              mark: bytes | None = None) -> None:
+    """Signal a process and all its descendants; SIGKILL whatever is left after ``grace`` seconds.
+    The tree is frozen first (SIGSTOP until no new child appears), so nothing spawned meanwhile escapes.
+    With ``mark`` (an environment entry), only processes still carrying it get the final SIGKILL."""
+    pids: list[int] = []
+    while True:
+        new = [p for p in [proc.pid, *descendants(proc.pid)] if p not in pids]
+        if not new:
+            break
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+        pids += new
+    for pid in pids:
+        _signal(pid, sig)
+        _signal(pid, signal.SIGCONT)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and (proc.poll() is None or any(not _zombie(p) for p in pids[1:])):
+        time.sleep(0.1)
+    for pid in pids:
+        if (pid == proc.pid and proc.poll() is not None) or _zombie(pid):
+            continue
+        if pid == proc.pid or mark is None or environ_has(pid, mark):
+            _signal(pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class LocalFederation:
+    """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1; a context manager that always cleans up."""
+
+    def __init__(self, workdir: str | Path, nodes: int, *, insecure: bool = False,
+                 log: Callable[[str], None] = print, startup_timeout: float = 90.0) -> None:
+        self.dir = Path(workdir).resolve()
+        self.nodes = nodes
+        self.insecure = insecure
+        self.log = log
+        self.startup_timeout = startup_timeout
+        self.home = self.dir / "flwr-home"
+        self.logs = self.dir / "logs"
+        self.certs: Certificates | None = None
+        self.port = 0
+        self.superlink: subprocess.Popen | None = None
+        self.supernodes: dict[str, subprocess.Popen] = {}
+        self._procs: list[subprocess.Popen] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "LocalFederation":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["FLWR_HOME"] = str(self.home)
+        env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def tls_args(self, role: str) -> list[str]:
+        if self.insecure:
+            return ["--insecure"]
+        assert self.certs is not None
+        if role == "superlink":
+            return ["--ssl-ca-certfile", str(self.certs.ca), "--ssl-certfile", str(self.certs.cert),
+                    "--ssl-keyfile", str(self.certs.key)]
+        return ["--root-certificates", str(self.certs.ca)]
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if not self.insecure:
+            self.certs = make_certificates(self.dir / "certs", (HOST, "localhost"))
+        self.port = free_port()
+        (self.home / "config.toml").write_text(connection_toml(
+            self.address, insecure=self.insecure, root_certificates=str(self.certs.ca) if self.certs else ""))
+        self.superlink = self._spawn("superlink", [
+            "flower-superlink", *self.tls_args("superlink"), "--disable-runtime-dependency-installation",
+            "--host", HOST, "--port", str(self.port)])
+        wait_for_port(self.port, self.superlink, self.startup_timeout, "flower-superlink",
+                      self.logs / "superlink.log")
+        self.log(f"SuperLink on {self.address} ({'plaintext' if self.insecure else 'TLS'})")
+        for i in range(self.nodes):
+            self.start_supernode(i)
+        self.log(f"{self.nodes} SuperNode(s) started (partition-id 0..{self.nodes - 1})")
+
+    def start_supernode(self, i: int, *, name: str = "", tls_args: list[str] | None = None,
+                        extra: list[str] | None = None) -> subprocess.Popen:
+        """SuperNode for partition ``i`` (log ``logs/<name>.log``); ``tls_args`` replace the federation's."""
+        name = name or f"supernode-{i}"
+        proc = self._spawn(name, [
+            "flower-supernode", *(self.tls_args("supernode") if tls_args is None else tls_args),
+            "--superlink", self.address, "--port", str(free_port()),
+            "--node-config", f"partition-id={i} num-partitions={self.nodes}", *(extra or [])])
+        self.supernodes[name] = proc
+        return proc
+
+    def kill_node(self, i: int) -> None:
+        """Crash SuperNode ``i`` (SIGKILL to it and its ClientApp processes, no goodbye to the SuperLink)."""
+        stop_tree(self.supernodes[f"supernode-{i}"], sig=signal.SIGKILL, grace=2.0, mark=self.mark)
+
+    @property
+    def mark(self) -> bytes:
+        """The environment entry every process of this federation carries."""
+        return f"FLWR_HOME={self.home}".encode()
+
+    def pids(self) -> list[int]:
+        """Every live process this federation started, directly or not."""
+        return processes_with(self.mark)
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        out = open(self.logs / f"{name}.log", "ab")
+        try:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=self.env(), cwd=self.dir, start_new_session=True)
+        finally:
+            out.close()
+        self._procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        with _uninterrupted():
+            for proc in reversed(self._procs):  # `flwr run`, the SuperNodes, then the SuperLink
+                if proc.poll() is None or descendants(proc.pid):
+                    stop_tree(proc, mark=self.mark)
+            self._procs.clear()
+            deadline = time.monotonic() + 10.0
+            while (left := processes_with(self.mark)) and time.monotonic() < deadline:
+                for pid in left:  # orphans (a ClientApp whose SuperNode was killed), exiting stragglers
+                    _signal(pid, signal.SIGKILL)
+                time.sleep(0.1)
+
+    # ---- running an app ----------------------------------------------------------------------------
+    def run(self, app_dir: str | Path, *, timeout: float | None = None,
+            on_line: Callable[[str], None] = print, run_config: list[str] | None = None) -> int:
+        """``flwr run APP --stream`` against this federation; returns its exit code. Raises on timeout."""
+        cmd = ["flwr", "run", str(Path(app_dir).resolve()), CONNECTION, "--stream"]
+        for item in run_config or []:
+            cmd += ["--run-config", item]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=self.env(), cwd=self.dir, start_new_session=True)
+        self._procs.append(proc)
+        reader = threading.Thread(target=_pump, args=(proc, on_line), daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop_tree(proc)
+            raise FedsqueezeError(f"the Flower run did not finish within {timeout:.0f} s; logs in {self.logs}")
+        finally:
+            reader.join(timeout=5)
+        return proc.returncode
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """A second Ctrl-C must not cut the clean-up short (main thread only: signals live there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def interrupt_on_termination():
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, so ``with LocalFederation`` cleans up as on Ctrl-C."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _pump(proc: subprocess.Popen, on_line: Callable[[str], None]) -> None:
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        on_line(raw.decode(errors="replace").rstrip())
