@@ -48,7 +48,7 @@ def _check_labels(labels: Any) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise DataError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
@@ -57,7 +57,7 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 
 
 def _check_clients(num_clients: Any, num_samples: int) -> int:
-    k = _check_int("num_clients", num_clients, 1)
+    k = check_int("num_clients", num_clients, 1)
     if k > num_samples:
         raise DataError(f"cannot give {k} clients at least one sample each from {num_samples} samples; "
                         f"use at most {num_samples} clients (or a larger dataset)")
@@ -121,7 +121,7 @@ def iid(labels: np.ndarray, num_clients: int, *, seed: int, **unused: Any) -> li
     """Uniformly random, equal-sized (+-1) client datasets."""
     labels = _check_labels(labels)
     k = _check_clients(num_clients, len(labels))
-    rng = numpy_rng(_check_int("seed", seed, -(2**63)), "partition", "iid")
+    rng = numpy_rng(check_int("seed", seed, -(2**63)), "partition", "iid")
     client_of = np.empty(len(labels), np.int64)
     client_of[rng.permutation(len(labels))] = np.arange(len(labels)) % k
     return _group(client_of, k)
@@ -136,7 +136,7 @@ def dirichlet(labels: np.ndarray, num_clients: int, *, seed: int, alpha: float =
             or not math.isfinite(alpha) or alpha <= 0:
         raise DataError(f"dirichlet alpha must be a finite number > 0, got {alpha!r} "
                         "(small, e.g. 0.1, = strong label skew; large, e.g. 100, = nearly IID)")
-    rng = numpy_rng(_check_int("seed", seed, -(2**63)), "partition", "dirichlet")
+    rng = numpy_rng(check_int("seed", seed, -(2**63)), "partition", "dirichlet")
     order = _grouped_order(labels, rng)
     _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
     shares = _dirichlet_rows(rng, float(alpha), len(counts), k)
@@ -154,12 +154,12 @@ def shards(labels: np.ndarray, num_clients: int, *, seed: int, shards_per_client
     """Label-sorted shards, ``shards_per_client`` random ones per client."""
     labels = _check_labels(labels)
     k = _check_clients(num_clients, len(labels))
-    per = _check_int("shards_per_client", shards_per_client, 1)
+    per = check_int("shards_per_client", shards_per_client, 1)
     n, num_shards = len(labels), k * per
     if num_shards > n:
         raise DataError(f"{k} clients x {per} shards = {num_shards} shards, more than the {n} samples; "
                         f"use shards_per_client <= {n // k} or fewer clients")
-    rng = numpy_rng(_check_int("seed", seed, -(2**63)), "partition", "shards")
+    rng = numpy_rng(check_int("seed", seed, -(2**63)), "partition", "shards")
     order = _grouped_order(labels, rng)
     shard_sizes = np.diff(np.arange(num_shards + 1) * n // num_shards)  # all >= 1, differ by <= 1
     shard_of_position = np.repeat(np.arange(num_shards), shard_sizes)
@@ -189,7 +189,7 @@ class Partition:
         distinct classes in a client's training data (the usual label-skew measure).
         """
         labels = _check_labels(labels)
-        num_classes = _check_int("num_classes", num_classes, 1)
+        num_classes = check_int("num_classes", num_classes, 1)
         if labels.max() >= num_classes:
             raise DataError(f"label {labels.max()} is outside 0..{num_classes - 1}; "
                             "pass the dataset's num_classes")
@@ -262,7 +262,7 @@ def make_partition(name: str, labels: np.ndarray, num_clients: int, *, seed: int
         raise DataError(f"holdout_fraction must be a number in [0, 1), got {holdout_fraction!r} "
                         "(0 disables personalised evaluation; 0.2 is typical)")
     labels = _check_labels(labels)
-    _check_int("seed", seed, -(2**63))
+    check_int("seed", seed, -(2**63))
     parts = PARTITIONERS.get(name)(labels, num_clients, seed=seed, **params)
     _check_is_partition(parts, len(labels), name)
     return _split_holdout(parts, float(holdout_fraction), numpy_rng(seed, "partition", "holdout"))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsqueeze.data.partition import check_int
 from fedsqueeze.errors import DataError
 from fedsqueeze.seeding import numpy_rng
 
@@ -206,14 +207,6 @@ def stratified_split(labels: np.ndarray, test_fraction: float,
     return np.sort(order[~in_test]), np.sort(order[in_test])
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise DataError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise DataError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
 def load_digits(**unused: Any) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), split 80/20 by class."""
     from sklearn.datasets import load_digits as sk_digits  # bundled with sklearn: no download
@@ -234,9 +227,9 @@ def load_synthetic(num_samples: int = 2000, num_features: int = 20, num_classes:
     Class means are drawn from N(0, 0.5^2 I), so two means sit ~0.7*sqrt(F) apart against unit
     noise: learnable by a linear model, yet not trivially separable in few dimensions.
     """
-    num_samples = _check_int("num_samples", num_samples, 2 * _check_int("num_classes", num_classes, 2))
-    num_features = _check_int("num_features", num_features, 1)
-    seed = _check_int("seed", seed, 0)
+    num_samples = check_int("num_samples", num_samples, 2 * check_int("num_classes", num_classes, 2))
+    num_features = check_int("num_features", num_features, 1)
+    seed = check_int("seed", seed, 0)
     rng = numpy_rng(seed, "synthetic")
     means = rng.normal(0.0, 0.5, size=(num_classes, num_features))
     y = rng.permutation(np.arange(num_samples) % num_classes)
