@@ -51,9 +51,12 @@ class Drive(RotatedCodec):
     """DRIVE: Hadamard rotation, 1 sign bit per coordinate + one scale (Vargaftik et al. 2021)."""
 
     codec_id = "drive"
-    unbiased = True  # with the default scale="unbiased"; scale="biased" is biased by design
 
     scale: str = "unbiased"
+
+    @property
+    def unbiased(self) -> bool:  # type: ignore[override]
+        return self.scale == "unbiased"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -31,8 +31,7 @@ Bytes per tensor (inside the base class's length-prefixed chunk)::
         count table, then an ANS stream)
 
 Bias: deterministic rounding is biased, |Δ̂ − Δ| ≤ u/2 per coordinate (≤ (½ + θ)·u with a dead zone);
-stochastic rounding and subtractive dither are unbiased (``unbiased`` is the class default False
-because it depends on ``rounding``). Dither makes the error Uniform[−u/2, u/2] and independent of Δ.
+stochastic rounding and subtractive dither are unbiased (the ``unbiased`` property says so). Dither makes the error Uniform[−u/2, u/2] and independent of Δ.
 
 Step selection: ``vote_step`` scores candidate steps on one client's update by D + λ·R (D = MSE per
 parameter, R = 8·len(payload)/d bits per parameter, the real bytes of this codec); ``adopt_step``
@@ -81,6 +80,10 @@ class RDQ(Codec):
     coder: str = "gamma"
     normalize: bool = False
     dead_zone: float = 0.0
+
+    @property
+    def unbiased(self) -> bool:  # type: ignore[override]
+        return self.rounding in ("stochastic", "dither")
 
     def __post_init__(self) -> None:
         if isinstance(self.step, bool) or not isinstance(self.step, (int, float)) \

@@ -46,9 +46,12 @@ class TernGrad(Codec):
     """TernGrad: scale max|g| per tensor (after 2.5σ clipping), stochastic ternary values, 5 trits per byte."""
 
     codec_id = "terngrad"
-    unbiased = False  # the default clips; TernGrad(clip=0) is unbiased
 
     clip: float = 2.5
+
+    @property
+    def unbiased(self) -> bool:  # type: ignore[override]
+        return self.clip == 0  # the default clips (biased); TernGrad(clip=0) is unbiased
 
     def __post_init__(self) -> None:
         if isinstance(self.clip, bool) or not isinstance(self.clip, (int, float)) or not 0 <= self.clip <= 1e6:
