@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from fedsqueeze.codecs import sparse
-from fedsqueeze.codecs.base import Codec
 
 _FMAX = float(np.finfo(np.float32).max)
 
@@ -80,27 +79,20 @@ def smallest_keys(d: int, k: int, seed: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class RandK(Codec):
+class RandK(sparse.KeepCodec):
     """Random-K sparsification: k seed-chosen entries scaled by d/k (unbiased); only values sent."""
 
     codec_id = "randk"
     unbiased = True
 
-    fraction: float = 0.01
-    k: int = 0
-    values: str = "fp32"
-
-    def __post_init__(self) -> None:
-        sparse.check_config(self.codec_id, self.fraction, self.k, self.values)
-
     def encode_tensor(self, x: torch.Tensor, seed: int) -> bytes:
         flat = x.reshape(-1).numpy()
-        idx = sample_positions(len(flat), sparse.keep_count(len(flat), self.fraction, self.k), seed)
+        idx = sample_positions(len(flat), self.keep(len(flat)), seed)
         return sparse.encode_values(flat[idx], self.values)
 
     def decode_tensor(self, data: memoryview, shape: tuple[int, ...], seed: int) -> torch.Tensor:
         d = sparse.numel(shape)
-        k = sparse.keep_count(d, self.fraction, self.k)
+        k = self.keep(d)
         vals = sparse.decode_values(data, k, self.values)  # checks the length before sampling
         out = np.zeros(d, dtype=np.float32)
         scaled = np.clip(vals.astype(np.float64) * (d / k), -_FMAX, _FMAX)  # finite, even near fp32 max

@@ -13,10 +13,12 @@ Values: ``k`` little-endian fp32 or fp16 (fp16 saturates at ±65504), in positio
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
+from fedsqueeze.codecs.base import Codec
 from fedsqueeze.codecs.bits import optimal_rice_k, pack_bits, rice_bits, rice_decode, rice_encode, unpack_bits
 from fedsqueeze.errors import CodecError, PayloadError
 
@@ -91,3 +93,18 @@ def decode_positions(data: memoryview | bytes, count: int, d: int) -> np.ndarray
     if count and idx[-1] >= d:
         raise PayloadError(f"position {int(idx[-1])} beyond a tensor of {d}")
     return idx
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepCodec(Codec):
+    """The configuration top-k and rand-k share: how many entries to keep and how values travel."""
+
+    fraction: float = 0.01
+    k: int = 0
+    values: str = "fp32"
+
+    def __post_init__(self) -> None:
+        check_config(self.codec_id, self.fraction, self.k, self.values)
+
+    def keep(self, d: int) -> int:
+        return keep_count(d, self.fraction, self.k)

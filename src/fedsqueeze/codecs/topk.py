@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from fedsqueeze.codecs import sparse
-from fedsqueeze.codecs.base import Codec
 from fedsqueeze.errors import PayloadError
 
 
@@ -46,28 +45,21 @@ def largest(a: np.ndarray, k: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class TopK(Codec):
+class TopK(sparse.KeepCodec):
     """Top-K sparsification: the k largest-magnitude entries, positions Rice-coded or as a bitmap."""
 
     codec_id = "topk"
 
-    fraction: float = 0.01
-    k: int = 0
-    values: str = "fp32"
-
-    def __post_init__(self) -> None:
-        sparse.check_config(self.codec_id, self.fraction, self.k, self.values)
-
     def encode_tensor(self, x: torch.Tensor, seed: int) -> bytes:
         flat = x.reshape(-1)
         d = flat.numel()
-        k = sparse.keep_count(d, self.fraction, self.k)
+        k = self.keep(d)
         idx = largest(flat.abs().numpy(), k)
         return sparse.encode_positions(idx, d) + sparse.encode_values(flat.numpy()[idx], self.values)
 
     def decode_tensor(self, data: memoryview, shape: tuple[int, ...], seed: int) -> torch.Tensor:
         d = sparse.numel(shape)
-        k = sparse.keep_count(d, self.fraction, self.k)
+        k = self.keep(d)
         split = len(data) - sparse.values_size(k, self.values)
         if split < 1:
             raise PayloadError(f"topk: {len(data)} bytes cannot hold {k} values and their positions")
