@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from fedsqueeze.config import Config, from_dict, load_config
+from fedsqueeze.config import Config, apply_overrides, from_dict, load_config
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.metrics.results import Result
 
@@ -31,9 +31,9 @@ def run(config: Config | dict | str | Path, *, run_dir: str | Path | None = None
     from fedsqueeze.engine.simulation import Simulation
 
     if isinstance(config, Config):
-        cfg = config if not overrides else from_dict(_apply(config.to_dict(), overrides))
+        cfg = config if not overrides else from_dict(apply_overrides(config.to_dict(), overrides))
     elif isinstance(config, dict):
-        cfg = from_dict(_apply(config, overrides or []))
+        cfg = from_dict(apply_overrides(config, overrides or []))
     else:
         cfg = load_config(config, overrides)
     if resume and run_dir is None:
@@ -48,17 +48,17 @@ def run(config: Config | dict | str | Path, *, run_dir: str | Path | None = None
     return result
 
 
-def _apply(raw: dict, overrides: list[str]) -> dict:
-    from fedsqueeze.config import apply_overrides
-    return apply_overrides(raw, overrides)
+def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
+    """The configuration a run directory was started with (plus overrides, e.g. more rounds)."""
+    import json
+
+    cfg_file = Path(run_dir) / "config.json"
+    if not cfg_file.exists():
+        raise ConfigError(f"{run_dir} is not a fedsqueeze run directory (no config.json); "
+                          "pass a folder made by `fedsqueeze run`")
+    return from_dict(apply_overrides(json.loads(cfg_file.read_text()), overrides or []))
 
 
 def resume(run_dir: str | Path, *, overrides: list[str] | None = None, **kw: Any) -> Result:
     """Continue an interrupted run from its directory (its saved config; ``rounds`` may be raised)."""
-    import json
-
-    run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.json"
-    if not cfg_file.exists():
-        raise ConfigError(f"{run_dir} is not a fedsqueeze run directory (no config.json)")
-    return run(json.loads(cfg_file.read_text()), run_dir=run_dir, overrides=overrides, resume=True, **kw)
+    return run(run_config(run_dir, overrides), run_dir=run_dir, resume=True, **kw)

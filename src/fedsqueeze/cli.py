@@ -63,12 +63,8 @@ def cmd_run(args) -> int:
     if args.rounds is not None:
         overrides.append(f"rounds={args.rounds}")
     if args.resume:
-        import json
         run_dir = Path(args.resume)
-        if not (run_dir / "config.json").exists():
-            raise FedsqueezeError(f"{run_dir} is not a run directory (no config.json); pass a folder made by `fedsqueeze run`")
-        from fedsqueeze.config import apply_overrides, from_dict
-        cfg = from_dict(apply_overrides(json.loads((run_dir / "config.json").read_text()), overrides))
+        cfg = fedsqueeze.api.run_config(run_dir, overrides)
     else:
         if not args.config:
             raise FedsqueezeError("run needs a CONFIG.toml (see configs/) or --resume RUN_DIR")

@@ -14,6 +14,7 @@ import torch
 from fedsqueeze.engine.runtime import Runtime
 
 _RUNTIME: Runtime | None = None
+_DOWN: tuple[tuple[int, int], dict] | None = None  # this worker's decoded broadcast of the current step
 
 
 def _init_worker() -> None:
@@ -25,9 +26,12 @@ def _decode_down(runtime: Runtime, rnd: int, payloads: dict[str, bytes]):
 
 
 def _task(args: tuple) -> tuple:
+    global _DOWN
     client, rnd, step, payloads, stored = args
     assert _RUNTIME is not None
-    return _RUNTIME.run_client(client, rnd, step, _decode_down(_RUNTIME, rnd, payloads), stored)
+    if _DOWN is None or _DOWN[0] != (rnd, step):  # every client of a step gets the same broadcast
+        _DOWN = ((rnd, step), _decode_down(_RUNTIME, rnd, payloads))
+    return _RUNTIME.run_client(client, rnd, step, _DOWN[1], stored)
 
 
 class WorkerPool:
