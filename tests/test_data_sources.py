@@ -120,7 +120,8 @@ def test_lookup_order(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(load_fashion_mnist().y_train) == 20  # $FEDSQUEEZE_DATA before the system dir
     arg_dir = write_fake_fashion(isolated / "arg", n_train=30, compress=False)
     assert len(load_fashion_mnist(str(arg_dir)).y_train) == 30  # the argument before everything
-    assert len(load_fashion_mnist(isolated / "nowhere").y_train) == 20  # missing dir: fall through
+    with pytest.raises(DataError, match="data.dir '.*nowhere' does not exist or is not a folder; fix the path"):
+        load_fashion_mnist(isolated / "nowhere")  # a data dir that was asked for must exist
 
 
 def test_cache_dir_is_last_resort(isolated: Path) -> None:

@@ -1,7 +1,8 @@
 """Real Flower deployments on 127.0.0.1: a SuperLink and SuperNodes as processes, `flwr run`.
 
 Parity with the simulation engine (identical bytes in the ledger, identical parameters), TLS (and
-refusal of plaintext or untrusted clients), a SuperNode killed mid-round. Every process is bounded by
+refusal of plaintext or untrusted clients), SuperNode authentication (refusal of unregistered keys), a
+SuperNode killed mid-round. Every process is bounded by
 a timeout and stopped by the fixture's finalizer, checked gone. Flower starts a ClientApp process per
 message, so a round takes seconds; the module takes a few minutes on a loaded 2-core machine.
 """
@@ -121,6 +122,30 @@ def test_tls_federation_runs_and_refuses_plaintext_and_untrusted_clients(tmp_pat
         log = (fed.logs / f"{name}.log").read_text()
         assert "could not establish a connection" in log and "SuperNode ID" not in log
     assert "https://127.0.0.1" in (fed.logs / "superlink.log").read_text()
+
+
+def test_supernode_authentication_admits_registered_keys_only(tmp_path, federation):
+    """`--enable-supernode-auth`: SuperNode 0, whose key LocalFederation registered with `flwr supernode
+    register`, joins; a SuperNode with an unregistered key and one without a key are refused and exit."""
+    from fedsqueeze.flower.auth import make_supernode_key
+
+    fed = federation(1, auth=True)
+    give_up = ["--max-retries", "2", "--max-wait-time", "20"]
+    stranger = make_supernode_key(tmp_path / "stranger.key")
+    unregistered = fed.start_supernode(0, name="unregistered", key=stranger.private, extra=give_up)
+    keyless = fed.start_supernode(1, name="keyless", extra=give_up)  # no key exists for index 1
+    for proc, name, why in ((unregistered, "unregistered", "Failed to activate SuperNode"),
+                            (keyless, "keyless", "must be registered via the CLI")):
+        assert proc.wait(timeout=60) != 0, diagnose(fed, [])
+        log = (fed.logs / f"{name}.log").read_text()
+        assert why in log and "SuperNode ID" not in log, log[-2000:]
+    registered = fed.logs / "supernode-0.log"
+    deadline = time.monotonic() + 60
+    while "SuperNode ID" not in registered.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "SuperNode ID" in registered.read_text(), diagnose(fed, [])
+    assert fed.supernodes["supernode-0"].poll() is None
+    assert "No SuperNode found with the given public key" in (fed.logs / "superlink.log").read_text()
 
 
 def test_a_supernode_killed_mid_round_does_not_stop_the_run(tmp_path, federation, digits, monkeypatch):

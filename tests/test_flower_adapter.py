@@ -253,3 +253,100 @@ def test_no_local_worker_pool_on_flower(tmp_path, digits):
     assert server.cfg.engine.workers == 0
     server.run()
     assert server.pool is None and len(server.history) == 1
+
+
+# ---- deployment security -------------------------------------------------------------------------------
+class HostileGrid(FakeGrid):
+    """A FakeGrid whose ``tamper[node]`` rewrites that node's train replies (a hostile or broken client)."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.tamper: dict = {}
+
+    def push_messages(self, messages):
+        ids = super().push_messages(messages)
+        for mid, msg in zip(ids, messages):
+            node = msg.metadata.dst_node_id
+            if node in self.tamper and mid in self._ready and msg.metadata.message_type == "train":
+                self.tamper[node](self._ready[mid].content)
+        return ids
+
+
+def test_reply_size_cap_is_checked_before_anything_is_copied_or_parsed():
+    from fedsqueeze.codecs.spec import make_codec
+
+    p = make_codec("fp32").encode({"w": torch.ones(3)}, seed=0)
+    rec = records.pack_payloads({"update": p, "control": p})
+    assert records.unpack_payloads(rec, max_bytes=2 * len(p)) == {"update": p, "control": p}
+    with pytest.raises(PayloadError, match=f"{2 * len(p):,} payload bytes, more than the {2 * len(p) - 1:,} allowed"):
+        records.unpack_payloads(rec, max_bytes=2 * len(p) - 1)
+
+
+def test_an_oversized_or_malformed_reply_is_refused_and_the_run_goes_on(tmp_path, digits, monkeypatch):
+    from flwr.app import Array, ArrayRecord
+
+    from fedsqueeze.wire.payload import OVERHEAD
+
+    cfg = flower_config(rounds=2)
+    grid = HostileGrid(cfg, 3)
+    server = serve(tmp_path, cfg, grid, digits)
+    cap = server.max_reply_bytes
+    assert cap == OVERHEAD + 0xFFFF + 8 * (4 * server.runtime.model_numel() + 4096)
+
+    def oversize(content):  # one byte over the cap, garbage that would fail to decode anyway
+        content[records.PAYLOADS] = ArrayRecord({"update": Array(dtype="uint8", shape=(cap + 1,), stype="fp32",
+                                                                 data=bytes(cap + 1))})
+    grid.tamper[101] = oversize
+    grid.tamper[102] = lambda content: content.pop(records.META)
+    seen: list[int] = []
+    peek = records.peek_codec
+    monkeypatch.setattr(records, "peek_codec", lambda data: seen.append(len(data)) or peek(data))
+    res = server.run()
+    assert len(res.history) == 2 and res.history[-1]["global_acc"] is not None
+    assert server.dropouts == [(1, 0, 1), (1, 0, 2), (2, 0, 1), (2, 0, 2)]
+    assert any(f"client 1 refused: {cap + 1:,} payload bytes, more than the {cap:,} allowed" in m
+               for m in server.logs)
+    assert any("client 2 refused: reply without" in m for m in server.logs)
+    assert seen and max(seen) < cap  # the oversized payload was never even peeked at
+    assert {r.client for r in server.ledger if r.direction == "up"} == {0}
+
+
+def test_tls_is_the_default_and_insecure_an_explicit_opt_out(tmp_path):
+    from fedsqueeze.cli import build_parser
+    from fedsqueeze.flower.app_template import connection_toml
+    from fedsqueeze.flower.local import LocalFederation
+
+    parser = build_parser()
+    for argv in (["flower", "app", "c.toml", "out"], ["flower", "local", "c.toml"]):
+        assert parser.parse_args(argv).insecure is False and parser.parse_args(argv + ["--insecure"]).insecure
+    fed = LocalFederation(tmp_path, 1)
+    fed.certs = type("C", (), {"ca": "ca.crt", "cert": "s.pem", "key": "s.key"})()
+    assert fed.tls_args("superlink") == ["--ssl-ca-certfile", "ca.crt", "--ssl-certfile", "s.pem", "--ssl-keyfile",
+                                         "s.key"]
+    assert fed.tls_args("supernode") == ["--root-certificates", "ca.crt"]
+    assert LocalFederation(tmp_path, 1, insecure=True).tls_args("supernode") == ["--insecure"]
+    assert 'root-certificates = "/x/ca.crt"' in connection_toml("h:1", insecure=False, root_certificates="/x/ca.crt")
+    with pytest.raises(Exception, match="SuperNode authentication needs TLS"):
+        LocalFederation(tmp_path, 1, insecure=True, auth=True)
+
+
+def test_supernode_keys_and_the_auth_app(tmp_path, capsys):
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    from fedsqueeze.cli import main
+
+    assert main(["flower", "certs", str(tmp_path / "certs"), "--supernode-keys", "2"]) == 0
+    assert "2 SuperNode key pair(s)" in capsys.readouterr().out
+    for i in range(2):
+        private = load_ssh_private_key((tmp_path / "certs" / f"supernode-{i}.key").read_bytes(), None)
+        public = load_ssh_public_key((tmp_path / "certs" / f"supernode-{i}.pub").read_bytes())
+        assert isinstance(private.curve, ec.SECP384R1) and private.public_key().public_numbers() == \
+            public.public_numbers()  # what Flower's `flwr supernode register` and SuperNode accept
+        assert (tmp_path / "certs" / f"supernode-{i}.key").stat().st_mode & 0o077 == 0
+    assert main(["flower", "app", "configs/digits-flower.toml", str(tmp_path / "app"), "--auth"]) == 0
+    readme = (tmp_path / "app" / "README.md").read_text()
+    assert "--enable-supernode-auth" in readme and "--auth-supernode-private-key certs/supernode-0.key" in readme
+    assert "flwr supernode register certs/supernode-$i.pub fedsqueeze" in readme
+    assert main(["flower", "app", "configs/digits-flower.toml", str(tmp_path / "x"), "--auth", "--insecure"]) == 2
+    assert "needs TLS" in capsys.readouterr().err

@@ -118,6 +118,15 @@ def test_header_fields_validated():
     assert raw  # silence unused
 
 
+def test_duplicate_tensor_names_rejected():
+    # found by `bench fuzz`: the decoder returned one tensor for two specs of the same name
+    header, body = unpack(good())
+    w = header.tensors[0]
+    twice = pack(Header("fp32", 0, {}, (w, w)), bytes(body)[:25] * 2)
+    with pytest.raises(PayloadError, match="tensor name 'w' appears twice"):
+        decode_any(twice)
+
+
 def test_expected_specs_enforced():
     spec = (TensorSpec("w", (2, 3), torch.float32), TensorSpec("b", (2,), torch.float32))
     assert Float32().decode(good(), expect=spec)["w"].shape == (2, 3)

@@ -5,8 +5,8 @@ constants (so a client never needs global statistics) and int64 labels. Loaders 
 unknown keyword arguments, because the engine passes one common set of options to whichever
 dataset the config names; options a loader does use are validated and raise :class:`DataError`.
 
-Fashion-MNIST is never downloaded. It is looked for, in order, in the ``data_dir`` argument,
-``$FEDSQUEEZE_DATA``, ``/usr/share/datasets/fashion-mnist`` (Debian package
+Fashion-MNIST is never downloaded. It is looked for, in order, in the ``data_dir`` argument (which
+must then exist), ``$FEDSQUEEZE_DATA``, ``/usr/share/datasets/fashion-mnist`` (Debian package
 ``dataset-fashion-mnist``) and ``$XDG_CACHE_HOME/fedsqueeze/fashion-mnist`` (default
 ``~/.cache/...``); the first directory holding all four IDX files wins, each gzipped or not.
 """
@@ -97,21 +97,24 @@ def locate_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> dict
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         raise DataError(f"data_dir must be a path (str), not {type(data_dir).__name__}; "
                         "pass the directory holding the Fashion-MNIST IDX files")
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise DataError(f"data.dir {str(data_dir)!r} does not exist or is not a folder; fix the path (--data-dir), "
+                        f"or leave it empty to search ${ENV_VAR}, {SYSTEM_DIR} and the cache folder")
     searched = []
     for directory in candidate_dirs(data_dir):
         found, missing = _find_files(directory)
         if not missing:
             return found
         if not directory.is_dir():
-            searched.append(f"  {directory} (no such directory)")
+            searched.append(f"{directory} (no such directory)")
         elif found:
-            searched.append(f"  {directory} (incomplete: missing {', '.join(m + '[.gz]' for m in missing)})")
+            searched.append(f"{directory} (incomplete: missing {', '.join(m + '[.gz]' for m in missing)})")
         else:
-            searched.append(f"  {directory} (no IDX files)")
+            searched.append(f"{directory} (no IDX files)")
     names = ", ".join(f"{b}[.gz]" for b in FASHION_FILES.values())
     raise DataError(
-        "Fashion-MNIST not found. Searched, in order:\n" + "\n".join(searched)
-        + "\nFix: `sudo apt-get install dataset-fashion-mnist`, or put the four IDX files ("
+        "Fashion-MNIST not found; searched, in order: " + "; ".join(searched)
+        + ". Fix: `sudo apt-get install dataset-fashion-mnist`, or put the four IDX files ("
         + names + f") in one of those directories, or point to them with --data-dir / ${ENV_VAR}.")
 
 

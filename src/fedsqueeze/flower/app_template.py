@@ -3,7 +3,8 @@
 The app is a ``pyproject.toml`` (``[tool.flwr.app]``: publisher, components, and the resolved
 experiment config as ``[tool.flwr.app.config]``), two one-line modules importing fedsqueeze's
 ``ServerApp`` and ``ClientApp``, and a README with the commands to start a federation and run it.
-TLS is the default; ``insecure=True`` writes the plaintext variant for local tests.
+TLS is the default; ``insecure=True`` writes the plaintext variant for local tests; ``auth=True`` adds
+SuperNode authentication (register each device's key before it starts; see ``fedsqueeze.flower.auth``).
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def connection_toml(address: str, *, insecure: bool, root_certificates: str = ""
 
 
 def write_app(cfg: Config, out_dir: str | Path, *, insecure: bool = False, run_dir: str = "",
-              superlink: str = "127.0.0.1:8000", source: str = "") -> Path:
+              superlink: str = "127.0.0.1:8000", source: str = "", auth: bool = False) -> Path:
     import tomli_w
 
     out = Path(out_dir)
@@ -65,16 +66,24 @@ def write_app(cfg: Config, out_dir: str | Path, *, insecure: bool = False, run_d
     (out / PACKAGE / "server_app.py").write_text(_MODULE.format(kind="ServerApp", module="server_app"))
     (out / PACKAGE / "client_app.py").write_text(_MODULE.format(kind="ClientApp", module="client_app"))
     ca = str((out / "certs" / "ca.crt").resolve())
-    (out / "README.md").write_text(readme(cfg, superlink=superlink, insecure=insecure, ca=ca))
+    (out / "README.md").write_text(readme(cfg, superlink=superlink, insecure=insecure, ca=ca, auth=auth))
     return out
 
 
-def readme(cfg: Config, *, superlink: str, insecure: bool, ca: str) -> str:
+def readme(cfg: Config, *, superlink: str, insecure: bool, ca: str, auth: bool = False) -> str:
     host, _, port = superlink.rpartition(":")
     n = cfg.data.num_clients
     link_tls = "--insecure" if insecure else \
         "--ssl-ca-certfile certs/ca.crt --ssl-certfile certs/server.pem --ssl-keyfile certs/server.key"
     node_tls = "--insecure" if insecure else "--root-certificates certs/ca.crt"
+    if auth:
+        link_tls += " --enable-supernode-auth"
+        node_tls += " --auth-supernode-private-key certs/supernode-0.key"
+    register = (f"# 1b. SuperNode authentication: register every device's public key before it starts (keys\n"
+                f"#     from `fedsqueeze flower certs certs --hosts {host} --supernode-keys {n}`; supernode-<i>.key\n"
+                f"#     goes to device i only; flwr needs the connection below); an unregistered SuperNode is refused\n"
+                f"for i in $(seq 0 {n - 1}); do flwr supernode register certs/supernode-$i.pub {CONNECTION}; done\n"
+                if auth else "")
     warn = ("\n**Plaintext (`--insecure`)**: use only on a trusted network, e.g. 127.0.0.1 for tests.\n"
             if insecure else
             "\nTLS: `certs/ca.crt` is your CA certificate (copy it to every SuperNode), `certs/server.pem` and "
@@ -92,7 +101,7 @@ SuperLink and the SuperNodes run.
 export FLWR_DISABLE_UPDATE_CHECK=1
 # 1. the SuperLink (one port for SuperNodes and for `flwr run`)
 flower-superlink {link_tls} --disable-runtime-dependency-installation --host {host} --port {port}
-# 2. one SuperNode per client, i = 0 .. {n - 1} (each needs its own free --port on its machine)
+{register}# 2. one SuperNode per client, i = 0 .. {n - 1} (each needs its own free --port on its machine)
 flower-supernode {node_tls} --superlink {superlink} --port 9094 \\
     --node-config "partition-id=0 num-partitions={n}"
 # 3. run it (from this folder), with the connection below in $FLWR_HOME/config.toml

@@ -26,15 +26,19 @@ def cmd_app(args) -> int:
 
     require_flwr()
     cfg = _config(args)
+    if args.auth and args.insecure:
+        raise FedsqueezeError("SuperNode authentication needs TLS (Flower refuses it in plaintext); "
+                              "drop --insecure or --auth")
     out = write_app(cfg, args.out_dir, insecure=args.insecure, run_dir=args.run_dir or "",
-                    superlink=args.superlink, source=args.config)
+                    superlink=args.superlink, source=args.config, auth=args.auth)
     print(f"wrote the Flower app for {cfg.name!r} to {out}/ (pyproject.toml, fedsqueeze_app/, README.md)")
-    print(f"{'plaintext (--insecure)' if args.insecure else 'TLS'}; how to run it: {out / 'README.md'}")
+    mode = "plaintext (--insecure)" if args.insecure else "TLS" + (" + SuperNode authentication" if args.auth else "")
+    print(f"{mode}; how to run it: {out / 'README.md'}")
     return 0
 
 
-def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, timeout: float | None = None,
-              workdir: Path | None = None, log=print, on_line=print) -> list[dict]:
+def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, auth: bool = False,
+              timeout: float | None = None, workdir: Path | None = None, log=print, on_line=print) -> list[dict]:
     """Write the app, start a local federation of ``nodes`` SuperNodes, run, stop; the round history."""
     from fedsqueeze.flower import require_flwr
     from fedsqueeze.flower.app_template import write_app
@@ -42,6 +46,9 @@ def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, timeout: fl
     from fedsqueeze.metrics.results import read_history
 
     require_flwr()
+    if auth and insecure:
+        raise FedsqueezeError("SuperNode authentication needs TLS (Flower refuses it in plaintext); "
+                              "drop --insecure or --auth")
     if cfg.data.num_clients != nodes:
         raise FedsqueezeError(f"--nodes {nodes} but data.num_clients = {cfg.data.num_clients}: one SuperNode per "
                               f"client; pass --set data.num_clients={nodes} or --nodes {cfg.data.num_clients}")
@@ -52,7 +59,7 @@ def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, timeout: fl
     started = time.time()
     ok = False
     try:
-        with LocalFederation(work, nodes, insecure=insecure, log=log) as fed:
+        with LocalFederation(work, nodes, insecure=insecure, auth=auth, log=log) as fed:
             rc = fed.run(app, timeout=timeout, on_line=on_line)
         summary = out / "summary.csv"
         fresh = summary.exists() and summary.stat().st_mtime >= started  # not a previous run's
@@ -77,7 +84,7 @@ def cmd_local(args) -> int:
     print(f"fedsqueeze on Flower: {cfg.name}, {nodes} SuperNodes on 127.0.0.1, results in {out}", file=sys.stderr)
     try:
         with interrupt_on_termination():
-            history = run_local(cfg, nodes, out, insecure=args.insecure, timeout=args.timeout,
+            history = run_local(cfg, nodes, out, insecure=args.insecure, auth=args.auth, timeout=args.timeout,
                                 workdir=Path(args.workdir) if args.workdir else None,
                                 log=lambda m: print(m, file=sys.stderr), on_line=print)
     except KeyboardInterrupt:
@@ -92,11 +99,20 @@ def cmd_local(args) -> int:
 def cmd_certs(args) -> int:
     from fedsqueeze.flower.tls import make_certificates
 
+    from fedsqueeze.flower.auth import make_supernode_keys
+
+    if args.supernode_keys < 0:
+        raise FedsqueezeError(f"--supernode-keys must be >= 0, got {args.supernode_keys}")
     hosts = tuple(h.strip() for h in args.hosts.split(",") if h.strip())
     certs = make_certificates(args.out_dir, hosts)
     print(f"wrote {certs.ca} (CA: --root-certificates for SuperNodes, root-certificates for flwr), "
           f"{certs.cert} and {certs.key} (the SuperLink's --ssl-certfile/--ssl-keyfile) for {', '.join(hosts)}; "
           "valid one day, for tests; use your own CA for real deployments")
+    keys = make_supernode_keys(args.out_dir, args.supernode_keys)
+    if keys:
+        print(f"wrote {len(keys)} SuperNode key pair(s) {keys[0].private.parent}/supernode-<i>.key/.pub: start the "
+              "SuperLink with --enable-supernode-auth, register each .pub with `flwr supernode register "
+              "supernode-<i>.pub <connection>`, give SuperNode i --auth-supernode-private-key supernode-<i>.key")
     return 0
 
 
@@ -112,6 +128,9 @@ def add_parser(sub) -> None:
         p.add_argument("--rounds", type=int, help="number of rounds (shortcut for --set rounds=N)")
         p.add_argument("--insecure", action="store_true",
                        help="plaintext instead of TLS (only for tests on a trusted network such as 127.0.0.1)")
+        p.add_argument("--auth", action="store_true",
+                       help="SuperNode authentication: only SuperNodes whose public key was registered may join "
+                            "(needs TLS)")
 
     a = fsub.add_parser("app", help="write a ready Flower app for an experiment config",
                         description="Write OUT_DIR/pyproject.toml ([tool.flwr.app] with the experiment config), "
@@ -140,4 +159,6 @@ def add_parser(sub) -> None:
     c.add_argument("out_dir", help="folder for the certificates")
     c.add_argument("--hosts", default="127.0.0.1,localhost",
                    help="comma-separated IP addresses / DNS names the SuperLink is reached at")
+    c.add_argument("--supernode-keys", type=int, default=0, metavar="N",
+                   help="also write N SuperNode authentication key pairs (supernode-<i>.key / .pub)")
     c.set_defaults(func=cmd_certs)

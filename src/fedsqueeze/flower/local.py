@@ -1,7 +1,9 @@
 """``fedsqueeze flower local``: a whole Flower federation on 127.0.0.1, started, used and stopped.
 
 ``LocalFederation`` starts a SuperLink and N SuperNodes (``partition-id=i num-partitions=N``) on free
-loopback ports, with TLS (a throw-away CA, see ``tls``) unless ``insecure``; ``run`` submits an app
+loopback ports, with TLS (a throw-away CA, see ``tls``) unless ``insecure``, and with ``auth`` SuperNode
+authentication (a key pair per node, registered with ``flwr supernode register`` before the node
+starts; nodes with other keys are refused, see ``auth``); ``run`` submits an app
 with ``flwr run --stream`` and streams its lines. Every process it starts — and everything those
 start (Flower's SuperExec, ServerApp and ClientApp processes) — is stopped on exit, on errors and on
 Ctrl-C: SIGTERM, then SIGKILL after a grace period. Flower's state lives in a private ``FLWR_HOME``;
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from fedsqueeze.errors import FedsqueezeError
 from fedsqueeze.flower.app_template import CONNECTION, connection_toml
+from fedsqueeze.flower.auth import NodeKey, make_supernode_keys
 from fedsqueeze.flower.tls import Certificates, make_certificates
 
 HOST = "127.0.0.1"
@@ -140,11 +143,16 @@ def _signal(pid: int, sig: int) -> None:
 class LocalFederation:
     """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1; a context manager that always cleans up."""
 
-    def __init__(self, workdir: str | Path, nodes: int, *, insecure: bool = False,
+    def __init__(self, workdir: str | Path, nodes: int, *, insecure: bool = False, auth: bool = False,
                  log: Callable[[str], None] = print, startup_timeout: float = 90.0) -> None:
+        if auth and insecure:
+            raise FedsqueezeError("SuperNode authentication needs TLS (Flower refuses it in plaintext); "
+                                  "drop --insecure or --auth")
         self.dir = Path(workdir).resolve()
         self.nodes = nodes
         self.insecure = insecure
+        self.auth = auth
+        self.keys: list[NodeKey] = []
         self.log = log
         self.startup_timeout = startup_timeout
         self.home = self.dir / "flwr-home"
@@ -198,22 +206,49 @@ class LocalFederation:
             self.address, insecure=self.insecure, root_certificates=str(self.certs.ca) if self.certs else ""))
         self.superlink = self._spawn("superlink", [
             "flower-superlink", *self.tls_args("superlink"), "--disable-runtime-dependency-installation",
-            "--host", HOST, "--port", str(self.port)])
+            *(["--enable-supernode-auth"] if self.auth else []), "--host", HOST, "--port", str(self.port)])
         wait_for_port(self.port, self.superlink, self.startup_timeout, "flower-superlink",
                       self.logs / "superlink.log")
-        self.log(f"SuperLink on {self.address} ({'plaintext' if self.insecure else 'TLS'})")
+        self.log(f"SuperLink on {self.address} ({'plaintext' if self.insecure else 'TLS'}"
+                 f"{', SuperNode authentication' if self.auth else ''})")
+        if self.auth:
+            self.keys = make_supernode_keys(self.dir / "keys", self.nodes)
+            for key in self.keys:
+                self.register(key)
         for i in range(self.nodes):
             self.start_supernode(i)
         self.log(f"{self.nodes} SuperNode(s) started (partition-id 0..{self.nodes - 1})")
 
+    def register(self, key: NodeKey) -> None:
+        """``flwr supernode register``: let the SuperNode holding ``key`` join (retried while the SuperLink's
+        Control API is still starting)."""
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                proc = subprocess.run(["flwr", "supernode", "register", str(key.public), CONNECTION],
+                                      capture_output=True, text=True, env=self.env(), cwd=self.dir,
+                                      stdin=subprocess.DEVNULL, timeout=self.startup_timeout)
+                if proc.returncode == 0:
+                    return
+                output = (proc.stdout + proc.stderr).strip()[-2000:]
+            except subprocess.TimeoutExpired:
+                output = f"`flwr supernode register` did not finish within {self.startup_timeout:.0f} s"
+            if time.monotonic() > deadline:
+                raise FedsqueezeError(f"could not register {key.public} with the SuperLink:\n{output}")
+            time.sleep(1.0)
+
     def start_supernode(self, i: int, *, name: str = "", tls_args: list[str] | None = None,
-                        extra: list[str] | None = None) -> subprocess.Popen:
-        """SuperNode for partition ``i`` (log ``logs/<name>.log``); ``tls_args`` replace the federation's."""
+                        extra: list[str] | None = None, key: Path | None = None) -> subprocess.Popen:
+        """SuperNode for partition ``i`` (log ``logs/<name>.log``); ``tls_args`` replace the federation's;
+        ``key``: its authentication private key (default: node ``i``'s registered key, with ``auth``)."""
         name = name or f"supernode-{i}"
+        if key is None and self.auth and i < len(self.keys):
+            key = self.keys[i].private
         proc = self._spawn(name, [
             "flower-supernode", *(self.tls_args("supernode") if tls_args is None else tls_args),
             "--superlink", self.address, "--port", str(free_port()),
-            "--node-config", f"partition-id={i} num-partitions={self.nodes}", *(extra or [])])
+            "--node-config", f"partition-id={i} num-partitions={self.nodes}",
+            *(["--auth-supernode-private-key", str(key)] if key is not None else []), *(extra or [])])
         self.supernodes[name] = proc
         return proc
 

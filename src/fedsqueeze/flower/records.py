@@ -36,7 +36,14 @@ def pack_payloads(payloads: Mapping[str, bytes]):
                         for kind, p in payloads.items()})
 
 
-def unpack_payloads(record) -> dict[str, bytes]:
+def unpack_payloads(record, *, max_bytes: int | None = None) -> dict[str, bytes]:
+    """The payloads of an ``ArrayRecord``; with ``max_bytes``, a record whose payloads together are longer
+    is refused before any of them is copied or parsed."""
+    if max_bytes is not None:
+        total = sum(len(arr.data) for arr in record.values())
+        if total > max_bytes:
+            raise PayloadError(f"{total:,} payload bytes, more than the {max_bytes:,} allowed for this model "
+                               "(refused before decoding)")
     out = {}
     for kind, arr in record.items():
         data = bytes(arr.data)

@@ -19,6 +19,11 @@ decides: ``skip`` the round (server state as before the round) or ``fail`` the r
 arrived are never discarded while the round goes on. A client that worked but whose reply was lost
 keeps the state its work left (e.g. an error-feedback residual), as a real device would.
 
+Untrusted replies: a reply's payloads together may hold at most ``max_payload_bytes(max_numel)`` bytes
+(``wire.payload``; ``max_numel`` is the engine's element cap, 4x the model's parameters + 4096). A longer
+or malformed reply (records missing, wrong client id) is refused — logged with the client and the
+reason, counted as a dropout, never retried — before its payloads are copied, checksummed or decoded.
+
 Differences from the simulation engine: personalised evaluation needs client data and is disabled
 (``personal_acc`` is empty); resuming a run is not supported (client states live on the SuperNodes);
 re-sent broadcasts are counted in the ledger, because those bytes really crossed the wire again.
@@ -33,8 +38,9 @@ from typing import Any
 
 from fedsqueeze.config import Config
 from fedsqueeze.engine.simulation import Simulation
-from fedsqueeze.errors import ConfigError, FedsqueezeError
+from fedsqueeze.errors import ConfigError, FedsqueezeError, PayloadError
 from fedsqueeze.flower import records
+from fedsqueeze.wire.payload import max_payload_bytes
 
 POLL_S = 0.5  # how often the server asks the SuperLink for replies
 
@@ -47,12 +53,16 @@ class FlowerServer(Simulation):
     def __init__(self, cfg: Config, run_dir: str | Path, grid: Any, **kw: Any) -> None:
         if cfg.engine.workers:  # clients run on the SuperNodes: no local worker pool
             cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, workers=0))
+        if cfg.codec.downlink != "broadcast":
+            raise ConfigError("codec.downlink = 'delta' (per-client downlink payloads) runs on the embedded engine "
+                              "only for now; use codec.downlink = 'broadcast' with Flower")
         super().__init__(cfg, run_dir, **kw)
         self.grid = grid
         eng = cfg.engine
         if eng.min_replies > self.k:
             raise ConfigError(f"engine.min_replies = {eng.min_replies} exceeds the {self.k} clients sampled per "
                               "round; lower engine.min_replies or raise train.clients_per_round")
+        self.max_reply_bytes = max_payload_bytes(self._max_numel)  # per reply, all payloads together
         self.node_of: dict[int, int] = {}      # client id -> Flower node id
         self.dropouts: list[tuple[int, int, int]] = []  # (round, step, client)
         self._gone: set[int] = set()           # clients that dropped out earlier in this round
@@ -149,6 +159,7 @@ class FlowerServer(Simulation):
         waiting: dict[str, int] = {}   # message id -> client, still awaited
         sent_to: dict[int, int] = {}   # client -> node its message went to
         pending = list(clients)
+        refused: list[int] = []        # replies refused (too long, malformed): final, not retried
         for attempt in range(eng.retries + 1):
             if attempt:  # keep waiting for live nodes; send again only to clients now on another node
                 self._refresh_nodes()
@@ -162,16 +173,20 @@ class FlowerServer(Simulation):
             for c, reply in self._collect(waiting).items():
                 if reply.has_error():
                     self.log(f"round {rnd} step {step}: client {c} failed: {reply.error.reason}")
-                else:
+                    continue
+                try:
                     got[c] = self._parse_reply(c, reply)
-            pending = [c for c in clients if c not in got]
+                except FedsqueezeError as e:
+                    self.log(f"round {rnd} step {step}: client {c} refused: {e}")
+                    refused.append(c)
+            pending = [c for c in clients if c not in got and c not in refused]
             if pending:
                 self.log(f"round {rnd} step {step}: no reply from client(s) {pending}"
                          + (f" (attempt {attempt + 1} of {eng.retries + 1})" if eng.retries else ""))
             if len(got) >= eng.min_replies or not pending:
                 break
-        self.dropouts += [(rnd, step, c) for c in pending]
-        self._gone.update(pending)
+        self.dropouts += [(rnd, step, c) for c in clients if c in pending or c in refused]
+        self._gone.update(pending + refused)
         if len(got) < eng.min_replies:
             raise TooFewReplies(f"round {rnd} step {step}: {len(got)} replies, engine.min_replies = "
                                 f"{eng.min_replies}")
@@ -186,12 +201,21 @@ class FlowerServer(Simulation):
                        ttl=self._ttl())
 
     def _parse_reply(self, client: int, reply: Any) -> tuple[dict[str, bytes], int, dict]:
-        meta = reply.content[records.META]
-        if int(meta["client"]) != client:
-            raise FedsqueezeError(f"node {self.node_of.get(client)} answered as client {meta['client']}, "
-                                  f"expected {client}")
-        metrics = dict(reply.content[records.METRICS]) if records.METRICS in reply.content else {}
-        return records.unpack_payloads(reply.content[records.PAYLOADS]), int(meta["num_samples"]), metrics
+        """(payloads, num_samples, metrics) of a reply, which is untrusted: its size is checked before its
+        payloads are copied or parsed, and anything malformed raises ``PayloadError``."""
+        content = reply.content
+        if records.PAYLOADS not in content or records.META not in content:
+            raise PayloadError(f"reply without {records.PAYLOADS!r} or {records.META!r} records")
+        payloads = records.unpack_payloads(content[records.PAYLOADS], max_bytes=self.max_reply_bytes)
+        meta = content[records.META]
+        try:
+            said, n = int(meta["client"]), int(meta["num_samples"])
+            metrics = dict(content[records.METRICS]) if records.METRICS in content else {}
+        except (KeyError, TypeError, ValueError) as e:
+            raise PayloadError(f"malformed reply metadata ({type(e).__name__}: {e})") from e
+        if said != client:
+            raise PayloadError(f"node {self.node_of.get(client)} answered as client {said}, expected {client}")
+        return payloads, n, metrics
 
     # ---- rounds that cannot complete; what needs client data ---------------------------------------
     def run_round(self, rnd: int) -> dict:

@@ -114,12 +114,16 @@ def _decode_header(buf: memoryview) -> Header:
         raise PayloadError("codec config must be a JSON object")
     count = r.varint(limit=r.remaining())
     specs = []
+    names: set[str] = set()
     total = 0
     for _ in range(count):
         try:
             name = bytes(r.take(r.u8())).decode()
         except UnicodeDecodeError as e:
             raise PayloadError("tensor name is not UTF-8") from e
+        if name in names:
+            raise PayloadError(f"tensor name {name!r} appears twice in the payload header")
+        names.add(name)
         code = r.u8()
         if code not in DTYPES:
             raise PayloadError(f"unknown dtype code {code} for tensor {name!r}")
@@ -133,6 +137,14 @@ def _decode_header(buf: memoryview) -> Header:
         specs.append(TensorSpec(name, shape, DTYPES[code]))
     r.expect_end()
     return Header(codec_id, seed, config, tuple(specs))
+
+
+def max_payload_bytes(max_numel: int) -> int:
+    """The most bytes a receiver should accept for payloads of at most ``max_numel`` elements: the frame,
+    the largest header the format allows and 8 bytes per element (raw int64/float64; fp32 needs 4, every
+    lossy codec less, a full-rank ``svd`` about 8). Checked on the received length, before the bytes are
+    copied, checksummed or parsed."""
+    return OVERHEAD + 0xFFFF + 8 * max_numel
 
 
 def pack(header: Header, body: bytes) -> bytes:
