@@ -76,3 +76,11 @@ def test_algorithm_and_registry_errors(digits):
                        dataset=digits)
     with pytest.raises(ConfigError, match="unknown model 'cnm'"):
         fedsqueeze.run(digits_config(model={"name": "cnm"}), run_dir="/tmp/unused", dataset=digits)
+
+
+def test_clients_per_round_within_the_federation():
+    cfg = from_dict({"data": {"num_clients": 3}})  # the default 10 shrinks to the federation
+    assert cfg.train.clients_per_round == 3 and from_dict(cfg.to_dict()).train.clients_per_round == 3
+    with pytest.raises(ConfigError, match="train.clients_per_round = 4 exceeds data.num_clients = 3; lower"):
+        from_dict({"data": {"num_clients": 3}, "train": {"clients_per_round": 4}})
+    assert from_dict({"data": {"num_clients": 3}, "train": {"clients_per_round": 4, "client_fraction": 0.5}})

@@ -52,6 +52,8 @@ class TrainConfig:
 class CodecConfig:
     up: Any = "fp32"                  # codec spec for client -> server updates
     down: Any = "fp32"                # codec spec for server -> client broadcasts
+    downlink: str = "broadcast"       # 'broadcast': one payload for all; 'delta': each client gets the coded
+                                      # difference to the copy it holds (engine/delta.py)
 
 
 @dataclass
@@ -61,15 +63,24 @@ class EvalConfig:
     batch_size: int = 1000
 
 
+FAULT_KINDS = ("nan", "raise", "shape", "scale")  # injectable client faults (fedsqueeze.engine.faults)
+
+
 @dataclass
 class EngineConfig:
     workers: int = 0                  # 0 = clients run in this process; N = pool of N worker processes
     checkpoint_every: int = 1         # rounds between checkpoints (0 = never)
-    # Flower deployments only (fedsqueeze.flower); the simulation engine ignores these
-    min_replies: int = 1              # fewest client replies a communication step accepts
-    round_timeout: float = 600.0      # seconds a step waits for the replies of its clients
-    retries: int = 1                  # re-sends to the clients that did not reply, if too few did
-    too_few: str = "skip"             # still too few replies: 'skip' the round or 'fail' the run
+    # replies (both engines): a step that ends with fewer than min_replies *valid* replies (see
+    # fedsqueeze.engine.validation) is skipped or fails the run per too_few
+    min_replies: int = 1              # fewest valid client replies a communication step accepts
+    round_timeout: float = 600.0      # seconds a step waits for replies (simulation: for a worker to finish a task)
+    retries: int = 1                  # with too few replies: ask the clients that did not reply again, N times
+    too_few: str = "skip"             # still too few: 'skip' the round (nothing changes) or 'fail' the run
+    max_update_norm: float = 0.0      # reject a message whose L2 norm (all its tensors) exceeds this; 0 = off
+    # simulated faults (off by default; deterministic in (seed, round, step, client)): fedsqueeze.engine.faults
+    dropout: float = 0.0              # simulation: probability a sampled client does not reply (per attempt)
+    straggler: float = 0.0            # simulation: probability a client misses the step's deadline (per attempt)
+    faults: dict = field(default_factory=dict)  # testing: {"nan"|"raise"|"shape"|"scale": probability per step}
 
 
 @dataclass
@@ -118,12 +129,16 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("eval.every", lambda v: v >= 0, "an integer >= 0 (0 = only the last round)"),
     ("eval.personal_every", lambda v: v >= 0, "an integer >= 0 (0 = only the last round)"),
     ("eval.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("codec.downlink", lambda v: v in ("broadcast", "delta"), "'broadcast' or 'delta'"),
     ("engine.workers", lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
     ("engine.checkpoint_every", lambda v: v >= 0, "an integer >= 0"),
     ("engine.min_replies", lambda v: v >= 1, "an integer >= 1"),
     ("engine.round_timeout", lambda v: v > 0, "a number of seconds > 0"),
     ("engine.retries", lambda v: v >= 0, "an integer >= 0"),
     ("engine.too_few", lambda v: v in ("skip", "fail"), "'skip' or 'fail'"),
+    ("engine.max_update_norm", lambda v: v >= 0, "a number >= 0 (0 = no bound)"),
+    ("engine.dropout", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("engine.straggler", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
 ]
 
 
@@ -181,9 +196,29 @@ def from_dict(raw: dict) -> Config:
         value = _get(cfg, key)
         if not ok(value):
             raise ConfigError(f"config key {key!r} = {value!r} is invalid: it must be {allowed}")
+    t, d = cfg.train, cfg.data
+    if not t.client_fraction and t.clients_per_round > d.num_clients:
+        if "clients_per_round" in raw.get("train", {}):
+            raise ConfigError(f"train.clients_per_round = {t.clients_per_round} exceeds data.num_clients = "
+                              f"{d.num_clients}; lower train.clients_per_round (or raise data.num_clients)")
+        t.clients_per_round = d.num_clients  # the default, in a federation smaller than it
     if "name" not in cfg.algorithm or not isinstance(cfg.algorithm["name"], str):
         raise ConfigError("the [algorithm] table needs a string 'name', e.g. name = \"fedavg\"")
+    _check_faults(cfg.engine.faults)
     return cfg
+
+
+def _check_faults(faults: dict) -> None:
+    for kind, p in faults.items():
+        if kind not in FAULT_KINDS:
+            hint = difflib.get_close_matches(str(kind), FAULT_KINDS, n=1)
+            raise ConfigError(f"unknown fault 'engine.faults.{kind}'" + (f" (did you mean '{hint[0]}'?)" if hint
+                              else f"; faults: {', '.join(FAULT_KINDS)}"))
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ConfigError(f"engine.faults.{kind} = {p!r} is invalid: it must be a probability in [0, 1]")
+    if sum(faults.values()) > 1:
+        raise ConfigError(f"engine.faults probabilities sum to {sum(faults.values()):g} > 1; a client has at "
+                          "most one fault per step, lower them")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -193,7 +228,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, _, value = text.partition("=")
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {text!r} has an empty key")
+        raise ConfigError(f"override {text!r} has an empty key; write key=value, e.g. train.lr=0.1")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -223,7 +258,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             raw = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: invalid TOML: {e}") from e
+            raise ConfigError(f"{p}: invalid TOML: {e}; fix the syntax there") from e
     return from_dict(apply_overrides(raw, overrides or []))
 
 

@@ -8,6 +8,10 @@ and each communication step of that round (``num_steps``, 1 for most algorithms)
    ``{kind: tensors}``, the message for the server;
 3. ``aggregate(server_state, rnd, step, replies) -> server_state``.
 
+``upload_spec(rnd, step, down)`` says what a valid reply uploads (message kinds, tensor names,
+shapes, dtypes); the engine rejects any other reply before ``aggregate`` sees it, so ``aggregate``
+only ever gets well-formed, finite messages (see ``fedsqueeze.engine.validation``).
+
 Between 1-2 and 2-3 the engine encodes each message with ``codec(kind, direction, rnd)``, records
 its bytes in the ledger and decodes it: the algorithm only ever sees what the receiver decoded.
 Client state is a dict (or None before a client's first round): ``Reply.state`` is stored as the
@@ -31,6 +35,13 @@ from fedsqueeze.errors import ConfigError
 
 Direction = Literal["up", "down"]
 Messages = dict[str, Tensors]
+Spec = dict[str, tuple[tuple[int, ...], torch.dtype]]  # tensor name -> (shape, dtype)
+UploadSpec = dict[str, Spec]                           # message kind -> its tensors
+
+
+def specs_of(tensors: Tensors) -> Spec:
+    """The (shape, dtype) of every tensor of a message."""
+    return {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()}
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,30 @@ class Algorithm(ABC):
     @abstractmethod
     def aggregate(self, state: dict, rnd: int, step: int, replies: list[Reply]) -> dict: ...
 
+    def upload_spec(self, rnd: int, step: int, down: Messages) -> UploadSpec | None:
+        """What a valid reply uploads in this step, given the broadcast ``down``: exactly these message
+        kinds with exactly these tensors (None: not declared, only values are checked). Default: FedAvg's
+        wire, an ``update`` shaped like the broadcast ``model``, and nothing without one. Algorithms with
+        other messages override this."""
+        if not self.communicates or "model" not in down:
+            return {}
+        return {"update": specs_of(down["model"])}
+
+    def slot_spec(self, slot: str = "model", *, parameters_only: bool = False) -> Spec:
+        """Names, shapes and dtypes of a model slot's float state (or of its parameters only), from a
+        model built on the meta device: no memory, no draw from the global RNG."""
+        key = (slot, parameters_only)
+        cache = self.__dict__.setdefault("_slot_specs", {})
+        if key not in cache:
+            from fedsqueeze.models.zoo import build_model
+
+            name, options = self.model_specs()[slot]
+            with torch.device("meta"):
+                model = build_model(name, self.setup.input_shape, self.setup.num_classes, **options)
+            items = model.named_parameters() if parameters_only else model.state_dict().items()
+            cache[key] = {k: (tuple(v.shape), v.dtype) for k, v in items if v.is_floating_point()}
+        return cache[key]
+
     def codec(self, kind: str, direction: Direction, rnd: int) -> Codec:
         """The codec for a message kind; default: the configured up/down codecs."""
         return self._up if direction == "up" else self._down
@@ -121,6 +156,11 @@ class Algorithm(ABC):
     def personal_model(self, state: dict, client_state: dict | None) -> tuple[str, Tensors] | None:
         """(model slot, weights) of a client's personalised model; default: the global model."""
         return self.global_model(state)
+
+    def client_profile(self, client: int, client_state: dict | None) -> dict[str, Any]:
+        """Facts about a client's personalised model for reports (``fedsqueeze personal``), e.g.
+        ``{"group": "2-bit mlp", "model_bytes": 51234}``; default: none."""
+        return {}
 
 
 # ---- helpers shared by algorithms --------------------------------------------------------------

@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fedsqueeze.algorithms.base import (ClientContext, Messages, Reply, Tensors, add, float_state,
-                                        load_float_state, sub, weighted_mean)
+from fedsqueeze.algorithms.base import (ClientContext, Messages, Reply, Tensors, UploadSpec, add, float_state,
+                                        load_float_state, specs_of, sub, weighted_mean)
 from fedsqueeze.algorithms.fedavg import FedAvg, FedAvgParams
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.seeding import torch_generator
@@ -129,6 +129,13 @@ class FedDKD(FedAvg):
 
     def broadcast(self, state: dict, rnd: int, step: int) -> Messages:
         return super().broadcast(state, rnd, step) if step == 0 else {"dkd_model": state["weights"]}
+
+    def upload_spec(self, rnd: int, step: int, down: Messages) -> UploadSpec:
+        if step == 0:
+            return super().upload_spec(rnd, step, down)
+        if self.p.variant == "gradient":  # one gradient per parameter (no buffers)
+            return {"dkd_grad": self.slot_spec("model", parameters_only=True)}
+        return {"dkd_update": specs_of(down["dkd_model"])}
 
     def client_update(self, ctx: ClientContext, down: Messages, state: dict | None) -> Reply:
         if ctx.step == 0:

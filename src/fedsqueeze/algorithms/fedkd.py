@@ -81,7 +81,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsqueeze.algorithms.base import (ClientContext, Direction, Messages, Reply, Tensors, add,
+from fedsqueeze.algorithms.base import (ClientContext, Direction, Messages, Reply, Tensors, UploadSpec, add,
                                         float_state, load_float_state, sub, weighted_mean)
 from fedsqueeze.algorithms.context import train_locally
 from fedsqueeze.algorithms.fedavg import FedAvg, FedAvgParams
@@ -232,6 +232,9 @@ class FedKD(FedAvg):
         if self.p.downlink == "model":
             return {"model": state["weights"]}
         return {"update": state["pending"]} if "pending" in state else {}
+
+    def upload_spec(self, rnd: int, step: int, down: Messages) -> UploadSpec:
+        return {"update": self.slot_spec("model")}  # the student's update, whatever the downlink carried
 
     def aggregate(self, state: dict, rnd: int, step: int, replies: list[Reply]) -> dict:
         if self.p.downlink == "model":

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedsqueeze.algorithms.base import (ClientContext, Direction, Messages, Reply, float_state, load_float_state,
-                                        sub)
+from fedsqueeze.algorithms.base import (ClientContext, Direction, Messages, Reply, UploadSpec, float_state,
+                                        load_float_state, specs_of, sub)
 from fedsqueeze.algorithms.context import train_locally
 from fedsqueeze.algorithms.fedavg import FedAvg, FedAvgParams
 from fedsqueeze.codecs.base import Codec, Tensors
@@ -141,6 +141,9 @@ class Scaffold(FedAvg):
 
     def codec(self, kind: str, direction: Direction, rnd: int) -> Codec:
         return self._control if kind == "control" else super().codec(kind, direction, rnd)
+
+    def upload_spec(self, rnd: int, step: int, down: Messages) -> UploadSpec:
+        return {"update": specs_of(down["model"]), "control": specs_of(down["control"])}
 
     def client_update(self, ctx: ClientContext, down: Messages, state: dict | None) -> Reply:
         model = ctx.model()

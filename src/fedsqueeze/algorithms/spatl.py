@@ -58,7 +58,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedsqueeze.algorithms.base import ClientContext, Direction, Messages, Reply, float_state, load_float_state, sub
+from fedsqueeze.algorithms.base import (ClientContext, Direction, Messages, Reply, UploadSpec, float_state,
+                                        load_float_state, specs_of, sub)
 from fedsqueeze.algorithms.context import ClientData, train_locally
 from fedsqueeze.algorithms.fedper import FedPer, split_head
 from fedsqueeze.algorithms.salient import SELECTORS, SelectionProblem
@@ -165,6 +166,10 @@ class SPATL(FedPer):
 
     def broadcast(self, state: dict, rnd: int, step: int) -> Messages:
         return {"model": state["weights"], "control": state["c"]}
+
+    def upload_spec(self, rnd: int, step: int, down: Messages) -> UploadSpec:
+        # pruned coordinates are zeros of the dense tensors: the shapes are the broadcast's
+        return {"update": specs_of(down["model"]), "control": specs_of(down["control"])}
 
     def codec(self, kind: str, direction: Direction, rnd: int) -> Codec:
         if direction == "up":

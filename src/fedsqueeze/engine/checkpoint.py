@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
-from fedsqueeze.engine.atomic import atomic_write_bytes
+from fedsqueeze.engine.atomic import atomic_write_bytes, crash_point
 
 LATEST = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
+CORRUPT = "checkpoint.corrupt.pt"
 _MAGIC = b"FSQCKPT1"
 
 
@@ -30,7 +31,8 @@ def save_checkpoint(run_dir: Path, content: dict[str, Any]) -> None:
     latest = run_dir / LATEST
     if latest.exists():
         os.replace(latest, run_dir / PREVIOUS)
-    atomic_write_bytes(latest, _MAGIC + hashlib.sha256(body).digest() + body)
+        crash_point("checkpoint-rotated")
+    atomic_write_bytes(latest, _MAGIC + hashlib.sha256(body).digest() + body, crash_tag="checkpoint")
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -41,6 +43,18 @@ def _read(path: Path) -> dict[str, Any] | None:
     if len(raw) < 40 or raw[:8] != _MAGIC or hashlib.sha256(raw[40:]).digest() != raw[8:40]:
         return None
     return torch.load(io.BytesIO(raw[40:]), weights_only=False)
+
+
+def restore_checkpoint(run_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """``load_checkpoint`` for resuming: a corrupt latest checkpoint is renamed to
+    ``checkpoint.corrupt.pt`` — else the next save would rotate it over the good previous one,
+    leaving no fallback."""
+    content, warnings = load_checkpoint(run_dir)
+    latest = run_dir / LATEST
+    if warnings and latest.exists() and _read(latest) is None:
+        os.replace(latest, run_dir / CORRUPT)
+        warnings.append(f"kept the corrupt checkpoint as {run_dir / CORRUPT}")
+    return content, warnings
 
 
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:

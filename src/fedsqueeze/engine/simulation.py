@@ -3,9 +3,20 @@
 Per round: sample clients; for each communication step, encode the broadcast once, count it once
 per receiving client, run the client updates (in process or in a worker pool), count and decode
 every upload, aggregate; then commit client states, evaluate, write metrics and checkpoint.
+
+Client faults (see ``fedsqueeze.engine.validation`` and ``fedsqueeze.engine.faults``): a reply that
+raised, does not decode, has other messages/tensors/shapes than ``Algorithm.upload_spec`` says, holds
+NaN/Inf or exceeds ``engine.max_update_norm`` is *rejected* — logged, written to ``rejections.jsonl``,
+counted in the round's ``rejected``, its client's new state discarded — and the step aggregates the
+rest. A client that gives no valid reply in a step is not asked again in that round. With fewer
+replies than ``engine.min_replies`` the clients that did not reply are asked again (``engine.retries``
+times; a rejected reply is final: a faulty client would fail again), then a step still short of
+``min_replies`` valid replies skips the round — server state, downlink codec state and every client
+state as before it — or fails the run (``engine.too_few``); the same rule as on Flower.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -18,17 +29,22 @@ from fedsqueeze.algorithms.base import Messages, Reply
 from fedsqueeze.config import Config, from_dict, to_toml
 from fedsqueeze.data.partition import Partition, describe, make_partition
 from fedsqueeze.data.sources import Dataset
-from fedsqueeze.engine.checkpoint import load_checkpoint, save_checkpoint
-from fedsqueeze.engine.runtime import Runtime, payload_seed
+from fedsqueeze.engine import delta, faults
+from fedsqueeze.engine.atomic import atomic_write_bytes, crash_point, remove_temp_files
+from fedsqueeze.engine.checkpoint import restore_checkpoint, save_checkpoint
+from fedsqueeze.engine.runtime import COMPUTE_KEY, ClientFailure, Runtime, payload_seed, run_client_safely
 from fedsqueeze.engine.sampling import clients_per_round, sample_clients
 from fedsqueeze.engine.state import ClientStateStore
-from fedsqueeze.errors import ConfigError, DataError
+from fedsqueeze.engine.validation import (Rejection, TooFewReplies, check_kinds, check_num_samples, check_spec,
+                                         check_values)
+from fedsqueeze.errors import CodecError, ConfigError, DataError, FedsqueezeError, PayloadError
 from fedsqueeze.metrics.evaluate import evaluate
 from fedsqueeze.metrics.results import Result, RunWriter
 from fedsqueeze.registry import DATASETS
 from fedsqueeze.wire.ledger import Ledger
 
 Callback = Callable[[dict], None]
+REJECTIONS = "rejections.jsonl"
 
 
 def load_dataset(cfg: Config) -> Dataset:
@@ -41,7 +57,9 @@ def load_dataset(cfg: Config) -> Dataset:
 
 def build_partition(cfg: Config, dataset: Dataset) -> Partition:
     d = cfg.data
-    params = {"alpha": d.alpha, "shards_per_client": d.shards_per_client}
+    # groups: the dataset's own clients, if it defines them (for partition = "natural")
+    params = {"alpha": d.alpha, "shards_per_client": d.shards_per_client,
+              "groups": getattr(dataset, "groups", None)}
     return make_partition(d.partition, dataset.y_train.numpy(), d.num_clients, seed=cfg.seed,
                           holdout_fraction=d.holdout_fraction, **params)
 
@@ -65,13 +83,26 @@ class Simulation:
         self.log = log or (lambda msg: None)
         self.writer = RunWriter(self.run_dir)
         self.k = clients_per_round(cfg.data.num_clients, cfg.train.clients_per_round, cfg.train.client_fraction)
+        if cfg.engine.min_replies > self.k:
+            raise ConfigError(f"engine.min_replies = {cfg.engine.min_replies} exceeds the {self.k} clients sampled "
+                              "per round; lower engine.min_replies or raise train.clients_per_round")
         self._max_numel = 4 * self.runtime.model_numel() + 4096
+        delta.check(cfg, self.algo)
+        self.delta = cfg.codec.downlink == "delta"
+        self.mirrors: delta.ServerMirrors | None = None
         self.warnings: list[str] = []
         self.pool = None
+        # per step: new states of clients that replied (committed only if the reply is accepted), failures
+        self._staged: dict[int, Any] = {}
+        self._failed: dict[int, ClientFailure] = {}
+        self._new_round([])
 
     # ---- setup / resume ----------------------------------------------------------------------------
     def start(self, *, resume: bool = False) -> None:
         """Initialise (or restore) server state, ledger, history and client store."""
+        for folder in (self.run_dir, self.run_dir / "clients", self.run_dir / "mirrors"):
+            if folder.is_dir():
+                remove_temp_files(folder)  # left by a write that a crash interrupted
         if not (resume and self._resume()):
             self._fresh()
 
@@ -83,13 +114,19 @@ class Simulation:
         self.store = ClientStateStore(self.run_dir / "clients")
         self.store.collect_garbage()
         self.prev_index: dict[int, int] = {}
+        self.prev_mirror_index: dict[int, int] = {}
+        if self.delta:
+            self.mirrors = delta.ServerMirrors(self.run_dir / "mirrors")
+            self.mirrors.store.collect_garbage()
         self.start_round = 1
-        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
-        (self.run_dir / "config.toml").write_text(to_toml(self.cfg.to_dict()))
+        # atomic: `run --resume` reads config.json, even after a crash before the first checkpoint
+        atomic_write_bytes(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=1).encode())
+        atomic_write_bytes(self.run_dir / "config.toml", to_toml(self.cfg.to_dict()).encode())
         stats = self.partition.stats(self.dataset.y_train.numpy(), self.dataset.num_classes)
         (self.run_dir / "partition.json").write_text(json.dumps(stats))
         self.log(describe(stats))
         self.writer.rewrite_rounds([])
+        (self.run_dir / REJECTIONS).write_text("")
 
     def _seeded_model(self) -> torch.nn.Module:
         model = self.runtime.build("model")
@@ -97,7 +134,7 @@ class Simulation:
         return model
 
     def _resume(self) -> bool:
-        ckpt, warnings = load_checkpoint(self.run_dir)
+        ckpt, warnings = restore_checkpoint(self.run_dir)
         self.warnings += warnings
         if ckpt is None:
             return False
@@ -110,18 +147,40 @@ class Simulation:
         self.ledger = Ledger.from_state(ckpt["ledger"])
         self.history = ckpt["history"]
         self.store = ClientStateStore(self.run_dir / "clients", ckpt["client_index"])
-        self.prev_index = ckpt.get("prev_index", {})
+        # the checkpoint just loaded becomes the previous one at the next save: keep its client files
+        self.prev_index = dict(ckpt["client_index"])
+        self.prev_mirror_index = dict(ckpt.get("mirror_index", {}))
+        if self.delta:
+            self.mirrors = delta.ServerMirrors(self.run_dir / "mirrors", ckpt.get("mirror_index", {}))
         self.start_round = ckpt["round"] + 1
         self.writer.rewrite_rounds(self.history)
+        self._trim_rejections(ckpt["round"])
         return True
+
+    def _trim_rejections(self, last_round: int) -> None:
+        """Keep the rejections of the checkpointed rounds only: later ones will be made again."""
+        path = self.run_dir / REJECTIONS
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = []
+        for ln in lines:
+            try:
+                if json.loads(ln)["round"] <= last_round:
+                    kept.append(ln)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line a crash cut short
+        path.write_text("".join(ln + "\n" for ln in kept))
 
     def _checkpoint(self, rnd: int) -> None:
         save_checkpoint(self.run_dir, {
             "round": rnd, "config": self.cfg.to_dict(), "server_state": self.server_state,
             "down_codec_state": self.down_codec_state, "ledger": self.ledger.to_state(),
-            "history": self.history, "client_index": dict(self.store.index), "prev_index": self.prev_index})
+            "history": self.history, "client_index": dict(self.store.index), "prev_index": self.prev_index,
+            "mirror_index": dict(self.mirrors.store.index) if self.mirrors else {}})
         self.store.collect_garbage(also_keep=self.prev_index)
         self.prev_index = dict(self.store.index)
+        if self.mirrors is not None:
+            self.mirrors.store.collect_garbage(also_keep=self.prev_mirror_index)
+            self.prev_mirror_index = dict(self.mirrors.store.index)
 
     # ---- the loop ------------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> Result:
@@ -137,6 +196,7 @@ class Simulation:
                 rec["elapsed_s"] = elapsed
                 self.history.append(rec)
                 self.writer.append_round(rec)
+                crash_point("round-recorded")
                 if self.cfg.engine.checkpoint_every and (rnd % self.cfg.engine.checkpoint_every == 0
                                                          or rnd == self.cfg.rounds):
                     self._checkpoint(rnd)
@@ -153,29 +213,119 @@ class Simulation:
         return result
 
     def run_round(self, rnd: int) -> dict:
-        """One round: sampling, every communication step, state commit, evaluation (if due)."""
+        """One round: sampling, every communication step, state commit, evaluation (if due). A step
+        with too few valid replies skips the round (nothing changes but the bytes sent) or fails it."""
         t0 = time.perf_counter()
-        clients = sample_clients(self.cfg.data.num_clients, self.k, seed=self.cfg.seed, rnd=rnd)
+        clients = [int(c) for c in sample_clients(self.cfg.data.num_clients, self.k, seed=self.cfg.seed, rnd=rnd)]
+        self._new_round(clients)
+        before = (copy.deepcopy(self.server_state) if self.algo.num_steps(rnd) > 1 else self.server_state,
+                  copy.deepcopy(self.down_codec_state))
         reported: dict[str, list[tuple[float, int]]] = {}
-        for step in range(self.algo.num_steps(rnd)):
-            replies = self._step(rnd, step, [int(c) for c in clients])
-            for r in replies:
-                for key, value in r.metrics.items():
-                    reported.setdefault(key, []).append((float(value), r.num_samples))
-            self.server_state = self.algo.aggregate(self.server_state, rnd, step, replies)
+        skipped = False
+        try:
+            for step in range(self.algo.num_steps(rnd)):
+                replies = self._step(rnd, step, clients)
+                for r in replies:
+                    for key, value in r.metrics.items():
+                        reported.setdefault(key, []).append((float(value), r.num_samples))
+                self.server_state = self.algo.aggregate(self.server_state, rnd, step, replies)
+        except TooFewReplies as e:
+            if self.cfg.engine.too_few == "fail":
+                raise
+            self.log(f"{e.summary}: round {rnd} skipped, server and client states unchanged "
+                     "(engine.too_few = 'skip')")
+            self.server_state, self.down_codec_state = before
+            self.store.discard()
+            if self.mirrors is not None:
+                self.mirrors.store.discard()
+            reported, skipped = {}, True
         self.store.commit(rnd)
+        if self.mirrors is not None:
+            self.mirrors.store.commit(rnd)
         round_s = time.perf_counter() - t0
         rec = self._evaluate(rnd)
         # whatever clients report (train_loss, flops_ratio, model_bytes, ...): sample-weighted means
         means = {k: _weighted(v) for k, v in sorted(reported.items())}
-        rec.update(self._traffic(rnd), round=rnd, clients=len(clients), round_s=round_s,
-                   train_loss=means.pop("train_loss", None), client_metrics=means)
+        rec.update(self._traffic(rnd), round=rnd, clients=0 if skipped else len(clients), round_s=round_s,
+                   train_loss=means.pop("train_loss", None), client_metrics=means, **self._fault_counts(clients),
+                   client_s={str(c): round(s, 4) for c, s in sorted(self._client_s.items())},
+                   skipped=skipped)
         return rec
 
+    # ---- one communication step ---------------------------------------------------------------------
+    def _new_round(self, clients: list[int]) -> None:
+        self._client_s: dict[int, float] = {}  # measured client seconds, summed over the round's steps
+        self._out: set[int] = set()        # no valid reply earlier in this round: not asked again
+        self._rejected: set[int] = set()   # rejected in this round
+        self._valid: set[int] = set(clients)  # gave a valid reply in the latest step
+        self._late: set[int] = set()       # stragglers (simulation): no reply because too slow
+
+    def _fault_counts(self, clients: list[int]) -> dict[str, int]:
+        no_reply = set(clients) - self._rejected - self._valid
+        return {"rejected": len(self._rejected), "no_reply": len(no_reply), "stragglers": len(self._late & no_reply)}
+
     def _step(self, rnd: int, step: int, clients: list[int]) -> list[Reply]:
+        clients = [c for c in clients if c not in self._out]
         down_msgs = self.algo.broadcast(self.server_state, rnd, step)
+        payloads = self._encode_down(down_msgs, rnd, step, clients)
+        for c in clients:
+            for kind, p in payloads_for(payloads, c).items():
+                self.ledger.record(rnd, c, "down", kind, p)
+        expected = self.algo.upload_spec(rnd, step, down_msgs)
+        self._staged, self._failed = {}, {}
+        arrived = self._execute(clients, rnd, step, payloads)
+        replies, rejections = [], []
+        for c, ups, n, metrics in arrived:
+            if isinstance(metrics, dict) and COMPUTE_KEY in metrics:
+                metrics = dict(metrics)
+                self._client_s[c] = self._client_s.get(c, 0.0) + float(metrics.pop(COMPUTE_KEY))
+            for kind, p in ups.items():
+                self.ledger.record(rnd, c, "up", kind, p)  # received bytes count, accepted or not
+            reply = self._admit(rnd, step, c, ups, n, metrics, expected)
+            if isinstance(reply, Rejection):
+                rejections.append((reply, ""))
+                continue
+            replies.append(reply)
+            if c in self._staged:
+                self.store.put(c, self._staged[c])  # None drops whatever the client had stored
+            if self.mirrors is not None:
+                self.mirrors.accept(c)  # the server's copy of the client's model advances with its state
+        for c, failure in self._failed.items():
+            rejections.append((Rejection(rnd, step, c, "raised", failure.reason),
+                               "" if failure.injected else failure.detail))
+        for rejection, detail in sorted(rejections, key=lambda r: r[0].client):
+            self._reject(rejection, detail)
+        self._valid = {r.client for r in replies}
+        self._rejected |= {r.client for r, _ in rejections}
+        self._out |= set(clients) - self._valid
+        real = [f for f in self._failed.values() if not f.injected]
+        if real and not replies and len(real) == len(rejections):
+            raise FedsqueezeError(f"round {rnd} step {step}: every client failed — {real[0].reason}; that is a bug "
+                                  f"or a misconfiguration, not a client fault (tracebacks in {REJECTIONS})")
+        if len(replies) < self.cfg.engine.min_replies:
+            summary = (f"round {rnd} step {step}: {len(replies)} valid replies from {len(clients)} clients "
+                       f"({len(rejections)} rejected, {len(clients) - len(arrived) - len(self._failed)} without "
+                       f"reply), engine.min_replies = {self.cfg.engine.min_replies}")
+            raise TooFewReplies(summary, "lower engine.min_replies or set engine.too_few = 'skip' to skip such rounds")
+        return replies
+
+    def _encode_down(self, msgs: Messages, rnd: int, step: int, clients: list[int]) -> Payloads:
+        """One payload per kind for every client (``broadcast``), or per client (``delta``)."""
+        if self.mirrors is not None:
+            self.mirrors.reset_step()
+
+            def encode_for(c: int):
+                def encode(kind: str, tensors: dict) -> bytes:
+                    codec = self.algo.codec(kind, "down", rnd)
+                    if codec.stateful:
+                        raise ConfigError(f"codec.downlink = 'delta' already feeds the compression error back; "
+                                          f"use a stateless downlink codec, not {codec.codec_id!r}")
+                    return codec.encode(tensors, seed=payload_seed(self.cfg.seed, "down", rnd, step, c, kind))
+                return encode
+
+            return {c: self.mirrors.encode(self.runtime, c, msgs, rnd, encode_for(c)) for c in clients}
         payloads: dict[str, bytes] = {}
-        for kind, tensors in down_msgs.items():
+        for kind, tensors in msgs.items():
             codec = self.algo.codec(kind, "down", rnd)
             seed = payload_seed(self.cfg.seed, "down", rnd, step, -1, kind)
             if codec.stateful:
@@ -183,32 +333,101 @@ class Simulation:
                     tensors, seed=seed, state=self.down_codec_state.get(kind))
             else:
                 payloads[kind] = codec.encode(tensors, seed=seed)
-        for c in clients:
-            for kind, p in payloads.items():
-                self.ledger.record(rnd, c, "down", kind, p)
-        replies = []
-        for c, ups, n, metrics in self._execute(clients, rnd, step, payloads):
-            decoded = {}
-            for kind, p in ups.items():
-                self.ledger.record(rnd, c, "up", kind, p)
+        return payloads
+
+    def _admit(self, rnd: int, step: int, client: int, ups: dict[str, bytes], n: Any, metrics: dict,
+               expected: Any) -> Reply | Rejection:
+        """The decoded reply, or why it is rejected (cheap checks first; nothing undeclared is decoded)."""
+        why = check_num_samples(n)
+        if why:
+            return Rejection(rnd, step, client, "samples", why)
+        why = check_kinds(set(ups), expected)
+        if why:
+            return Rejection(rnd, step, client, "spec", why)
+        decoded = {}
+        for kind, p in ups.items():
+            try:
                 decoded[kind] = self.algo.codec(kind, "up", rnd).decode(p, max_numel=self._max_numel)
-            replies.append(Reply(c, n, decoded, None, metrics))
-        return replies
+            except (PayloadError, CodecError) as e:
+                return Rejection(rnd, step, client, "decode", f"message {kind!r} does not decode: {e}")
+            why = check_spec(kind, decoded[kind], expected)
+            if why:
+                return Rejection(rnd, step, client, "spec", why)
+            bad = check_values(kind, decoded[kind], self.cfg.engine.max_update_norm)
+            if bad:
+                return Rejection(rnd, step, client, *bad)
+        return Reply(client, n, decoded, None, metrics)
+
+    def _reject(self, rejection: Rejection, detail: str = "") -> None:
+        r = rejection
+        self.log(f"round {r.round} step {r.step}: client {r.client} rejected ({r.check}): {r.reason}")
+        record = r.to_json() | ({"traceback": detail} if detail else {})
+        with open(self.run_dir / REJECTIONS, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def _execute(self, clients: list[int], rnd: int, step: int,
                  payloads: dict[str, bytes]) -> list[tuple[int, dict[str, bytes], int, dict]]:
         """Deliver the broadcast to each client and collect (client, upload payloads, n, metrics).
-        Here: in this process or the worker pool, client state in the local store. A deployment
-        transport (Flower) overrides this; clients that drop out are simply missing from the list."""
+        Here: in this process or the worker pool, with the simulated dropouts and stragglers of
+        ``engine.dropout``/``engine.straggler``; a client that raised goes to ``self._failed``, the new
+        state of one that replied to ``self._staged``. With fewer than ``engine.min_replies`` replies,
+        up to ``engine.retries`` more attempts: a client that dropped out is sent the broadcast again
+        (counted: the bytes cross the wire again), a straggler is waited for another deadline. A
+        deployment transport (Flower) overrides this; clients that did not reply are missing from the list."""
+        eng = self.cfg.engine
+        got: dict[int, tuple[dict[str, bytes], int, dict]] = {}
+        pending, missing = list(clients), {}
+        down: list[Messages] = []  # decoded at most once per step
+        for attempt in range(eng.retries + 1):
+            for c in (c for c in pending if attempt and missing.get(c) == "dropout"):
+                for kind, p in payloads_for(payloads, c).items():
+                    self.ledger.record(rnd, c, "down", kind, p)
+            missing = {}
+            ask = []
+            for c in pending:
+                why = faults.no_reply(self.cfg, rnd, step, c, attempt)
+                if why is None:
+                    ask.append(c)
+                else:
+                    missing[c] = why
+            for c, out in zip(ask, self._run_clients(ask, rnd, step, payloads, down)):
+                if out is None:
+                    missing[c] = "timeout"
+                elif isinstance(out, ClientFailure):
+                    self._failed[c] = out
+                else:
+                    ups, stored, n, metrics = out
+                    got[c], self._staged[c] = (ups, n, metrics), stored
+            pending = [c for c in pending if c in missing]
+            if missing:
+                self.log(f"round {rnd} step {step}: no reply from client(s) " + ", ".join(
+                    f"{c} ({why})" for c, why in sorted(missing.items()))
+                    + (f" (attempt {attempt + 1} of {eng.retries + 1})" if eng.retries else ""))
+            if len(got) >= eng.min_replies or not pending:
+                break
+        self._late |= {c for c, why in missing.items() if why in ("straggler", "timeout")}
+        return [(c, *got[c]) for c in clients if c in got]  # sampling order: a fixed reduction order
+
+    def _run_clients(self, clients: list[int], rnd: int, step: int, payloads: dict[str, bytes],
+                     down: list[Messages]) -> list:
+        """Per client: its ``run_client`` result, a ``ClientFailure``, or None (its worker went silent
+        for ``engine.round_timeout`` seconds)."""
+        if not clients:
+            return []
         if self.pool is not None:
-            outs = self.pool.map([(c, rnd, step, payloads, self.store.get(c)) for c in clients])
-        else:
-            down: Messages = {k: self.algo.codec(k, "down", rnd).decode(p, max_numel=self._max_numel)
-                              for k, p in payloads.items()}
-            outs = [self.runtime.run_client(c, rnd, step, down, self.store.get(c)) for c in clients]
-        for c, (_, stored, _, _) in zip(clients, outs):
-            self.store.put(c, stored)  # None drops whatever the client had stored
-        return [(c, ups, n, metrics) for c, (ups, _, n, metrics) in zip(clients, outs)]
+            return self.pool.map([(c, rnd, step, payloads_for(payloads, c), self.store.get(c)) for c in clients],
+                                 timeout=self.cfg.engine.round_timeout)
+
+        def decoded(c: int) -> Messages:
+            if self.delta:  # a payload of its own per client
+                return {k: self.algo.codec(k, "down", rnd).decode(p, max_numel=self._max_numel)
+                        for k, p in payloads_for(payloads, c).items()}
+            if not down:
+                down.append({k: self.algo.codec(k, "down", rnd).decode(p, max_numel=self._max_numel)
+                             for k, p in payloads.items()})
+            return down[0]
+
+        return [run_client_safely(self.runtime, c, rnd, step, decoded(c), self.store.get(c)) for c in clients]
 
     # ---- evaluation & accounting ------------------------------------------------------------------------
     def _traffic(self, rnd: int) -> dict[str, int]:
@@ -243,26 +462,42 @@ class Simulation:
         (pooled over all held-out samples, unweighted mean over clients)."""
         total_c = total_n = 0
         per_client = []
+        for _, correct, n, _ in self.personal_accuracies(bs):
+            total_c, total_n = total_c + correct, total_n + n
+            per_client.append(correct / n)
+        if not total_n:
+            return None, None
+        return total_c / total_n, sum(per_client) / len(per_client)
+
+    def personal_accuracies(self, bs: int | None = None):
+        """Per client with a held-out split: (client, correct, n, the algorithm's client_profile).
+        Yields nothing when the algorithm has no personalised (or global) model."""
+        bs = bs or self.cfg.eval.batch_size
         loaded = None
         for c in range(self.cfg.data.num_clients):
             ho = self.partition.holdout[c]
             if len(ho) == 0:
                 continue
             stored = self.store.get(c)
-            pm = self.algo.personal_model(self.server_state, stored.get("algo") if stored else None)
+            client_state = stored.get("algo") if stored else None
+            pm = self.algo.personal_model(self.server_state, client_state)
             if pm is None:
-                return None, None
+                return
             model = self.runtime.module(pm[0])
             if loaded is not pm[1]:
                 model.load_state_dict(pm[1], strict=False)
                 loaded = pm[1]
             idx = torch.from_numpy(ho)
             correct, _, n = evaluate(model, self.dataset.x_train[idx], self.dataset.y_train[idx], bs)
-            total_c, total_n = total_c + correct, total_n + n
-            per_client.append(correct / n)
-        if not total_n:
-            return None, None
-        return total_c / total_n, sum(per_client) / len(per_client)
+            yield c, correct, n, self.algo.client_profile(c, client_state)
+
+
+Payloads = dict  # kind -> bytes for every client, or client -> (kind -> bytes) with codec.downlink = "delta"
+
+
+def payloads_for(payloads: Payloads, client: int) -> dict[str, bytes]:
+    """The downlink payloads one client receives."""
+    return payloads[client] if client in payloads else payloads
 
 
 def _weighted(pairs: list[tuple[float, int]]) -> float | None:

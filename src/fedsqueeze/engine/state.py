@@ -38,13 +38,17 @@ class ClientStateStore:
     def put(self, client: int, state: Any) -> None:
         self._dirty[client] = state
 
+    def discard(self) -> None:
+        """Forget the states put since the last commit (a skipped round): every client keeps its old one."""
+        self._dirty.clear()
+
     def commit(self, rnd: int) -> None:
         """Write this round's changed states to disk and free their memory."""
         for client, state in self._dirty.items():
             if state is None:  # the client dropped its state: forget it (its file goes at the next GC)
                 self.index.pop(client, None)
                 continue
-            atomic_torch_save(state, self._path(client, rnd))
+            atomic_torch_save(state, self._path(client, rnd), crash_tag="state")
             self.index[client] = rnd
         self._dirty.clear()
 
@@ -55,6 +59,11 @@ class ClientStateStore:
         for entry in os.scandir(self.dir):
             if entry.name.endswith(".pt") and entry.name not in keep:
                 os.unlink(entry.path)
+
+    @property
+    def in_memory(self) -> int:
+        """States held in memory: those put since the last commit (at most the round's clients)."""
+        return len(self._dirty)
 
     def __len__(self) -> int:
         return len(self.index)

@@ -11,9 +11,9 @@ from typing import Any
 from fedsqueeze.wire.ledger import Ledger
 
 ROUND_FIELDS = ["round", "global_acc", "global_loss", "personal_acc", "personal_acc_clients", "train_loss",
-                "clients", "client_metrics", "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "cum_bytes",
-                "round_s", "eval_s", "elapsed_s"]
-TIMING_FIELDS = ("round_s", "eval_s", "elapsed_s")
+                "clients", "rejected", "no_reply", "stragglers", "skipped", "client_metrics", "bytes_up", "bytes_down",
+                "cum_bytes_up", "cum_bytes_down", "cum_bytes", "round_s", "eval_s", "elapsed_s", "client_s"]
+TIMING_FIELDS = ("round_s", "eval_s", "elapsed_s", "client_s")
 
 
 def _clean(v: Any) -> Any:
@@ -85,12 +85,12 @@ class RunWriter:
 
     def finish(self, result: Result) -> None:
         extra = sorted({k for rec in result.history for k in (rec.get("client_metrics") or {})})
-        fields = [f for f in ROUND_FIELDS if f != "client_metrics"] + [f"client_{k}" for k in extra]
+        fields = [f for f in ROUND_FIELDS if f not in ("client_metrics", "client_s")] + [f"client_{k}" for k in extra]
         with open(self.dir / "rounds.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             for rec in result.history:
-                row = {k: _clean(rec.get(k)) for k in ROUND_FIELDS if k != "client_metrics"}
+                row = {k: _clean(rec.get(k)) for k in ROUND_FIELDS if k not in ("client_metrics", "client_s")}
                 row.update({f"client_{k}": _clean(v) for k, v in (rec.get("client_metrics") or {}).items()})
                 w.writerow(row)
         summary = result.summary()
