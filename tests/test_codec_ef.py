@@ -80,3 +80,25 @@ def test_dtypes_are_kept_and_rounding_lands_in_the_residual():
     want = torch.tensor([1.0, 2.0]) + torch.tensor([1e-4, 0.0])  # corrected in fp32, sent as fp16
     assert out["h"].tolist() == [1.0, 2.0] and torch.equal(state["h"], want - out["h"].float())
     assert float(state["h"][0]) > 0  # the fp16 rounding is carried, not lost
+
+
+def test_inner_pipeline_from_a_spec_string():
+    from fedsqueeze.codecs.spec import make_codec, split_pipeline
+
+    assert split_pipeline("svd | rdq(step=0.1)") == ["svd ", " rdq(step=0.1)"]
+    assert split_pipeline("ef(inner='svd | rdq')") == ["ef(inner='svd | rdq')"]
+    assert split_pipeline('ef(inner="a|b") | fp16') == ['ef(inner="a|b") ', " fp16"]
+    codec = make_codec("ef(inner='svd(threshold=0.9) | rdq(coder=\"ans\")')")
+    assert codec.codec_id == "ef" and codec.codec.codec_id == "pipeline"
+    g = torch.Generator().manual_seed(0)
+    x = {"w": torch.randn(40, 30, generator=g)}
+    payload, state = codec.encode_stateful(x, seed=0, state=None)
+    out = codec.decode(payload)
+    assert torch.allclose(out["w"] + state["w"], x["w"], atol=1e-5)  # sent + residual = input
+
+
+def test_spec_accepts_toml_booleans():
+    from fedsqueeze.codecs.spec import parse_spec
+
+    assert parse_spec("rdq(normalize=true, step=2.0)") == ("rdq", {"normalize": True, "step": 2.0})
+    assert parse_spec("rdq(normalize=False)") == ("rdq", {"normalize": False})

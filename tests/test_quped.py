@@ -128,3 +128,23 @@ def test_personal_model_falls_back_to_the_global_model_before_a_client_trains():
     local = fedsqueeze.registry.ALGORITHMS.get("local_quant")(
         fedsqueeze.registry.ALGORITHMS.get("local_quant").Params(), Setup("mlp", {}, (4,), 2, rounds=1))
     assert local.global_model({"weights": w}) is None and local.broadcast({"weights": w}, 1, 0) == {}
+
+
+def test_personal_report_groups_by_bit_width(tmp_path, digits):
+    """`fedsqueeze personal`: per-bit-width accuracy and deployed sizes that grow with the bits."""
+    from fedsqueeze.metrics.personal import client_rows, group_rows
+
+    personal = [{"bits": 1}, {"bits": 2}, {"bits": 4}]
+    cfg = digits_config(rounds=2, algorithm={"name": "quped", "personal": personal, "quantize_first_last": True},
+                        train={"clients_per_round": 10, "local_epochs": 1, "batch_size": 16, "lr": 0.1},
+                        eval={"every": 2, "personal_every": 2})
+    res = fedsqueeze.run(cfg, run_dir=tmp_path, dataset=digits, plot=False)
+    rows = client_rows(tmp_path)
+    assert {r["client"] % 3 for r in rows if r["group"] == "2-bit mlp"} == {1}
+    groups = {g["group"]: g for g in group_rows(rows)}
+    assert list(groups) == ["1-bit mlp", "2-bit mlp", "4-bit mlp"]
+    assert sum(g["clients"] for g in groups.values()) == len(rows) == 10
+    sizes = [groups[g]["model_bytes_median"] for g in groups]
+    assert sizes[0] < sizes[1] < sizes[2] < 4 * 3466  # all quantized: below the fp32 MLP (hidden 32)
+    pooled = sum(r["correct"] for r in rows) / sum(r["n"] for r in rows)
+    assert pooled == pytest.approx(res.history[-1]["personal_acc"])  # the engine's own figure

@@ -65,11 +65,17 @@ def cmd_run(args) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         cfg = fedsqueeze.api.run_config(run_dir, overrides)
+        if args.budget_mb:
+            raise FedsqueezeError("--budget-mb is fixed when a run starts; resume without it")
     else:
         if not args.config:
             raise FedsqueezeError("run needs a CONFIG.toml (see configs/) or --resume RUN_DIR")
         cfg = load_config(args.config, overrides)
         run_dir = Path(args.out) if args.out else None
+        if args.budget_mb is not None:
+            from fedsqueeze.compare.budget import plan_budget
+            cfg, plan = plan_budget(cfg, args.budget_mb)
+            console.print(plan.describe(cfg.rounds, cfg.train.clients_per_round))
     console.print(f"[bold]fedsqueeze[/] {cfg.name}: {cfg.algorithm_name} · {cfg.model.name} · {cfg.data.source} "
                   f"({cfg.data.num_clients} clients, {cfg.data.partition}) · up={cfg.codec.up} down={cfg.codec.down}")
     progress = None
@@ -86,6 +92,57 @@ def cmd_run(args) -> int:
     for w in getattr(result, "warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
     _summary_table(result, console)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from fedsqueeze.compare.runner import report, run_suite
+    from fedsqueeze.compare.suite import load_suite
+
+    console = _console()
+    suite = load_suite(args.suite)
+    if args.report_only:
+        report(suite, Path(args.out) / suite.name, console=console)
+        return 0
+
+    def progress_factory(cfg):
+        return _progress_printer(cfg.rounds, console) if not args.quiet else (_Quiet(), None)
+
+    run_suite(suite, args.out, workers=args.workers, rerun=tuple(args.rerun or ()), only=tuple(args.only or ()),
+              console=console, progress_factory=progress_factory)
+    return 0
+
+
+class _Quiet:
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def cmd_personal(args) -> int:
+    import csv
+
+    from rich.table import Table
+
+    from fedsqueeze.metrics.personal import client_rows, group_rows
+
+    rows = client_rows(args.run)
+    groups = group_rows(rows)
+    t = Table(title=f"personalised accuracy on each client's held-out split — {args.run}")
+    for col in ("group", "clients", "accuracy (pooled)", "accuracy (mean of clients)", "deployed model bytes (median)"):
+        t.add_column(col, justify="left" if col == "group" else "right")
+    for g in groups:
+        size = "—" if g["model_bytes_median"] is None else f"{g['model_bytes_median']:,.0f}"
+        t.add_row(g["group"], str(g["clients"]), f"{100 * g['accuracy_pooled']:.2f}%",
+                  f"{100 * g['accuracy_mean']:.2f}%", size)
+    from rich.console import Console
+    Console().print(t)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        print(f"wrote {args.csv}")
     return 0
 
 
@@ -115,7 +172,10 @@ def cmd_list(args) -> int:
         for name in reg.names():
             desc = reg.describe(name)
             if kind == "models":
-                desc += f" [dim]({_param_count(name):,} parameters on 1x28x28, 10 classes)[/]"
+                try:
+                    desc += f" [dim]({_param_count(name):,} parameters on 1x28x28, 10 classes)[/]"
+                except FedsqueezeError:  # a sequence model: its size depends on the vocabulary
+                    desc += " [dim](sequence model: size depends on the vocabulary)[/]"
             t.add_row(name, desc)
         console.print(t)
     return 0
@@ -184,7 +244,32 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="client worker processes (0 = in process)")
     r.add_argument("--rounds", type=int, help="number of rounds (shortcut for --set rounds=N)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--budget-mb", type=float, metavar="MB",
+                   help="keep the whole run (up + down) within MB megabytes: the rdq uplink codec's step is "
+                        "chosen per upload to fit (needs codec.up = rdq and a fixed-size downlink)")
     r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("compare", help="run several methods on one federation; table and plots of accuracy vs "
+                                       "bytes vs time",
+                       description="Run a suite (configs/suites/*.toml): every run on the same federation, cached and "
+                                   "resumable; then a table (terminal, Markdown, CSV) of final accuracy, MB, MB/rounds/"
+                                   "time to a target accuracy and ratios vs the baseline, and PNG plots.")
+    c.add_argument("suite", help="suite TOML file, e.g. configs/suites/fmnist-noniid.toml")
+    c.add_argument("--out", default="runs/compare", help="where run folders and results go (default runs/compare)")
+    c.add_argument("--workers", type=int, help="client worker processes per run (0 = in process)")
+    c.add_argument("--only", action="append", metavar="RUN", help="run only this suite entry (repeatable)")
+    c.add_argument("--rerun", action="append", metavar="RUN", help="discard and redo this entry (repeatable)")
+    c.add_argument("--report-only", action="store_true", help="no runs: table and plots from finished runs")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_compare)
+
+    pe = sub.add_parser("personal", help="per-client personalised accuracy of a finished run, by client group",
+                        description="Restore a run's last checkpoint and evaluate every client's personalised model on "
+                                    "its held-out split; grouped as the algorithm groups clients (QuPeD: by bit-width), "
+                                    "with deployed model sizes.")
+    pe.add_argument("run", help="run directory")
+    pe.add_argument("--csv", help="also write one row per client to this CSV")
+    pe.set_defaults(func=cmd_personal)
 
     pl = sub.add_parser("plot", help="plot accuracy vs MB and vs rounds for one or more runs",
                         description="Plot one or more run directories on one chart (PNG).")
@@ -226,15 +311,62 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--out", default="runs/bench-codecs")
     bc.set_defaults(func=cmd_bench_codecs)
     bf = bsub.add_parser("fuzz", help="hostile payloads against the decoders: only our own errors allowed",
-                         description="Mutated payloads of every codec (truncation, bit flips, random bytes, inflated "
-                                     "shapes, swapped codec ids, re-framed body mutations) through the server-side "
-                                     "decode path; counts outcomes; exit 1 on any crash or hang.")
-    bf.add_argument("--cases", type=int, default=100_000, help="cases per codec (default 100,000)")
+                         description="Mutated payloads of every codec (truncation, bit flips, random bytes, frame "
+                                     "length fields, body bytes and inflated varints re-framed with a valid CRC, "
+                                     "inflated shapes, hostile header fields and codec configs, swapped codec ids, "
+                                     "spliced bodies) through the server-side decode path, in worker processes with "
+                                     "a per-case time limit, a watchdog and a memory cap. Prints per-codec counts, "
+                                     "failures, the slowest case and the peak extra memory; exit 1 on any failure.")
+    bf.add_argument("--cases", type=int, default=100_000,
+                    help="cases PER CODEC (default 100,000; the total is this times the number of codecs)")
     bf.add_argument("--codecs", help="comma-separated codec ids (default: all registered)")
     bf.add_argument("--seed", type=int, default=0)
+    bf.add_argument("--jobs", type=int, default=1, help="worker processes running cases in parallel (default 1)")
     bf.add_argument("--time-limit", type=float, default=2.0, help="seconds per case before it counts as a hang")
     bf.add_argument("--max-numel", type=int, default=1 << 22, help="element cap of the decoder")
+    bf.add_argument("--mem-cap-mb", type=int, default=1024,
+                    help="address space a worker may add to its size at start (MB); beyond it is a failure")
     bf.set_defaults(func=lambda a: __import__("fedsqueeze.bench.fuzz", fromlist=["main"]).main(a))
+    bk = bsub.add_parser("kill", help="SIGKILL a run at random points, resume each time: metrics must be identical",
+                         description="A small run (digits, SCAFFOLD, error-feedback uplink, simulated client faults) is "
+                                     "killed with SIGKILL at random points — inside checkpoint and client-state writes, "
+                                     "between a round's metrics and its checkpoint, or after a random delay — and "
+                                     "resumed each time; some latest checkpoints are also truncated. Every finished run "
+                                     "must match an uninterrupted one bit for bit (metrics, ledger, rejections, server "
+                                     "state). Exit 1 otherwise.")
+    bk.add_argument("--points", type=int, default=20, help="kills to land (default 20)")
+    bk.add_argument("--rounds", type=int, default=6, help="rounds per run (default 6)")
+    bk.add_argument("--seed", type=int, default=0, help="seed of the run and of the kill points")
+    bk.add_argument("--out", help="keep the run folders here (default: a temporary folder, removed)")
+    bk.add_argument("--quiet", action="store_true", help="only the result lines")
+    bk.set_defaults(func=lambda a: __import__("fedsqueeze.bench.kill", fromlist=["main"]).main(a))
+    bb = bsub.add_parser("badinput", help="bad configs, options and data files: each must give one clean error line",
+                         description="Run the table of bad inputs (fedsqueeze.bench.badinput.CASES: unknown names, "
+                                     "out-of-range and mistyped values, malformed TOML and --set, bad codec specs, "
+                                     "missing or corrupt data files, bad resumes) through this command line; print "
+                                     "how many gave exactly one 'error:' line naming the problem and the fix, exit "
+                                     "code 2 and no traceback.")
+    bb.add_argument("--verbose", action="store_true", help="also print every case with its error line")
+    bb.set_defaults(func=lambda a: __import__("fedsqueeze.bench.badinput", fromlist=["main"]).main(a))
+    bt = bsub.add_parser("throughput", help="client updates/s (engine with 0/1/2 workers vs plain PyTorch) and "
+                                            "peak RSS vs total clients",
+                         description="Speed: FedAvg on Fashion-MNIST, the plain PyTorch loop and the engine in each "
+                                     "worker mode, interleaved; medians of client updates/s and ratios. Memory: FedPer "
+                                     "with a stored head per client, peak RSS of fresh subprocesses for each total "
+                                     "number of clients and clients per round. One torch thread per process.")
+    bt.add_argument("--models", default="mlp,cnn", help="comma-separated model names (default mlp,cnn)")
+    bt.add_argument("--rounds", type=int, default=5, help="measured rounds per side and model (default 5)")
+    bt.add_argument("--workers", default="0,1,2", help="engine worker counts, 0 = in process (default 0,1,2)")
+    bt.add_argument("--clients-per-round", type=int, default=10)
+    bt.add_argument("--dataset", default="fashion_mnist")
+    bt.add_argument("--data-dir")
+    bt.add_argument("--memory-clients", default="1000,10000", help="total clients per memory run (default 1000,10000)")
+    bt.add_argument("--memory-per-round", default="10,50", help="clients per round in the memory runs (default 10,50)")
+    bt.add_argument("--memory-rounds", type=int, default=3, help="rounds per memory run (default 3)")
+    bt.add_argument("--skip-speed", action="store_true", help="memory only")
+    bt.add_argument("--skip-memory", action="store_true", help="speed only")
+    bt.add_argument("--out", default="runs/bench-throughput", help="folder for throughput.csv and memory.csv")
+    bt.set_defaults(func=lambda a: __import__("fedsqueeze.bench.throughput", fromlist=["main"]).main(a))
     _add_flower(sub)
     return p
 

@@ -235,6 +235,16 @@ class QuPeD(FedAvg):
             return "model", state["weights"]
         return client_state["slot"], hard_quantize(client_state["x"], client_state["quantizer"]["centers"])
 
+    def client_profile(self, client: int, client_state: dict | None) -> dict:
+        """The client's bit-width group and its deployed model's size (bytes of ``pack_model``)."""
+        slot, bits = self.personal_spec(client)
+        name = self.model_specs()[slot][0]
+        profile: dict = {"group": f"{bits}-bit {name}"}
+        if client_state:
+            centers = client_state["quantizer"]["centers"]
+            profile["model_bytes"] = len(pack_model(hard_quantize(client_state["x"], centers), centers, bits))
+        return profile
+
 
 @dataclass(frozen=True)
 class LocalQuantParams(QuPeDParams):

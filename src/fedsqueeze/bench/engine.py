@@ -5,6 +5,9 @@ Both sides run their own trajectory from the same initial weights; rounds are al
 (engine, plain, engine, plain, ...) after one warm-up round each, and medians are compared. The
 plain loop is written directly against torch (no fedsqueeze code in its inner loop); because both
 sides take identical steps, their final weights must agree exactly — printed as a check.
+
+The pieces (the benchmark config, an engine side with an optional worker pool, the plain loop and
+the interleaved timing) are shared with ``fedsqueeze bench throughput``.
 """
 from __future__ import annotations
 
@@ -12,27 +15,50 @@ import csv
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fedsqueeze.algorithms.context import batch_indices
-from fedsqueeze.config import from_dict
+from fedsqueeze.config import Config, from_dict
+from fedsqueeze.data.sources import Dataset
 from fedsqueeze.engine.sampling import sample_clients
 from fedsqueeze.engine.simulation import Simulation, load_dataset
 from fedsqueeze.models.zoo import build_model
 from fedsqueeze.seeding import derive_seed
 
 
-def _config(model: str, dataset: str, data_dir: str | None, k: int, rounds: int) -> dict:
-    return {"name": f"bench-{model}", "seed": 0, "rounds": 10_000,
-            "data": {"source": dataset, "dir": data_dir or "", "num_clients": 100, "partition": "dirichlet",
-                     "alpha": 0.5},
-            "model": {"name": model}, "train": {"clients_per_round": k, "local_epochs": 1, "batch_size": 32,
-                                                "lr": 0.05},
-            "algorithm": {"name": "fedavg"}, "codec": {"up": "fp32", "down": "fp32"},
-            "eval": {"every": 0, "personal_every": 0}, "engine": {"checkpoint_every": 0}}
+def bench_config(model: str, *, dataset: str = "fashion_mnist", data_dir: str | None = None, k: int = 10,
+                 workers: int = 0) -> Config:
+    """The benchmark federation: FedAvg, fp32 both ways, 100 Dirichlet(0.5) clients, ``k`` per round,
+    no evaluation or checkpoints (``rounds`` is large because rounds are driven one at a time)."""
+    return from_dict({
+        "name": f"bench-{model}", "seed": 0, "rounds": 10_000,
+        "data": {"source": dataset, "dir": data_dir or "", "num_clients": 100, "partition": "dirichlet", "alpha": 0.5},
+        "model": {"name": model}, "train": {"clients_per_round": k, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
+        "algorithm": {"name": "fedavg"}, "codec": {"up": "fp32", "down": "fp32"},
+        "eval": {"every": 0, "personal_every": 0}, "engine": {"checkpoint_every": 0, "workers": workers}})
+
+
+@contextmanager
+def engine_side(cfg: Config, data: Dataset | None = None) -> Iterator[Simulation]:
+    """A started simulation in a temporary run folder, with a pool of ``cfg.engine.workers`` worker
+    processes attached when that is > 0 (as ``Simulation.run`` would), closed on exit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = Simulation(cfg, tmp, dataset=data)
+        sim.start()
+        if cfg.engine.workers > 0:
+            from fedsqueeze.engine.pool import WorkerPool
+            sim.pool = WorkerPool(sim.runtime, cfg.engine.workers)
+        try:
+            yield sim
+        finally:
+            if sim.pool is not None:
+                sim.pool.close()
+                sim.pool = None
 
 
 class PlainLoop:
@@ -71,25 +97,42 @@ class PlainLoop:
         self.weights = {k: self.weights[k] + acc[k].to(self.weights[k].dtype) for k in self.weights}
 
 
+def interleaved(sides: dict[str, Callable[[int], object]], rounds: int,
+                progress: Callable[[int, str, float], None] | None = None) -> dict[str, list[float]]:
+    """Seconds per round of each side, for ``rounds`` measured rounds after one warm-up round.
+
+    Every round runs every side once; the order rotates by one position each round (A B, B A for
+    two sides), so no side always inherits the cache or the load of the same neighbour.
+    ``progress(round, side, seconds)`` is called after each timed call (round 1 = warm-up)."""
+    names = list(sides)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for rnd in range(1, rounds + 2):
+        shift = (rnd - 1) % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            sides[name](rnd)
+            dt = time.perf_counter() - t0
+            if rnd > 1:  # round 1 is the warm-up
+                times[name].append(dt)
+            if progress is not None:
+                progress(rnd, name, dt)
+    return times
+
+
+def max_weight_diff(sim: Simulation, plain: PlainLoop) -> float:
+    """Largest absolute difference between the engine's and the plain loop's global weights."""
+    return max(float((sim.server_state["weights"][n] - plain.weights[n]).abs().max()) for n in plain.weights)
+
+
 def measure(model: str, *, dataset: str = "fashion_mnist", data_dir: str | None = None, k: int = 10,
-            rounds: int = 5, data=None) -> dict:
+            rounds: int = 5, data=None, workers: int = 0) -> dict:
     torch.set_num_threads(1)
-    cfg = from_dict(_config(model, dataset, data_dir, k, rounds))
-    with tempfile.TemporaryDirectory() as tmp:
-        sim = Simulation(cfg, tmp, dataset=data)
-        sim.start()
+    cfg = bench_config(model, dataset=dataset, data_dir=data_dir, k=k, workers=workers)
+    with engine_side(cfg, data) as sim:
         plain = PlainLoop(sim)
-        engine_t, plain_t = [], []
-        for rnd in range(1, rounds + 2):
-            # A B, then B A: whichever side goes second does not always inherit the warmer cache
-            order = [("engine", lambda: sim.run_round(rnd)), ("plain", lambda: plain.round(rnd))]
-            for side, fn in (order if rnd % 2 else order[::-1]):
-                t0 = time.perf_counter()
-                fn()
-                if rnd > 1:  # round 1 is the warm-up
-                    (engine_t if side == "engine" else plain_t).append(time.perf_counter() - t0)
-        diff = max(float((sim.server_state["weights"][n] - plain.weights[n]).abs().max()) for n in plain.weights)
-    e, p = statistics.median(engine_t), statistics.median(plain_t)
+        times = interleaved({"engine": sim.run_round, "plain": plain.round}, rounds)
+        diff = max_weight_diff(sim, plain)
+    e, p = statistics.median(times["engine"]), statistics.median(times["plain"])
     return {"model": model, "clients_per_round": k, "rounds": rounds, "engine_s_per_round": e,
             "plain_s_per_round": p, "ratio": e / p, "max_abs_weight_diff": diff}
 
@@ -104,8 +147,7 @@ def main(args) -> int:
     torch.set_num_threads(1)
     console.print("[bold]bench engine[/]: FedAvg round, engine vs plain PyTorch loop (alternated, medians)")
     print_environment(console)
-    cfg0 = from_dict(_config("mlp", args.dataset, args.data_dir, args.clients_per_round, args.rounds))
-    data = load_dataset(cfg0)
+    data = load_dataset(bench_config("mlp", dataset=args.dataset, data_dir=args.data_dir))
     rows = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         rows.append(measure(model, dataset=args.dataset, data_dir=args.data_dir, k=args.clients_per_round,

@@ -5,8 +5,8 @@ Training of Speech DNNs", Interspeech 2014; Stich, Cordonnier & Jaggi, NeurIPS 2
 Karimireddy et al., ICML 2019 (EF-signSGD). With a contractive inner codec the residual stays
 bounded, so the sum of what was sent tracks the sum of the inputs: after T calls
 ``sum_t C_t = sum_t x_t - e_T`` (up to fp32 rounding). Use it as ``"ef(inner='topk(fraction=0.01)')"``;
-a pipeline as the inner codec must be built in code (``ErrorFeedback(inner="a | b")``), since a
-spec string is split at ``|`` before it is parsed.
+the inner codec may be a pipeline: ``"ef(inner='svd | rdq(coder=\"ans\")')"`` (a ``|`` inside
+parentheses or quotes does not split the outer spec).
 
 Wire: **the inner codec's own payload.** Error feedback changes only what the sender compresses,
 never how the bytes are read, so the header names the inner codec (``topk``, ``signsgd``, ...)

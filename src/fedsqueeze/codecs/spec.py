@@ -36,16 +36,38 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _literal(node: ast.AST) -> Any:
-    if isinstance(node, ast.Name):  # allow bare words: values=fp16
-        return node.id
+    if isinstance(node, ast.Name):  # allow bare words: values=fp16; TOML's true/false are booleans
+        return {"true": True, "false": False}.get(node.id, node.id)
     return ast.literal_eval(node)
+
+
+def split_pipeline(text: str) -> list[str]:
+    """Split ``"a(x=1) | b"`` at the ``|`` outside parentheses and quotes, so an option may itself hold a
+    pipeline: ``"ef(inner='svd | rdq')"`` is one stage."""
+    stages, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            stages.append(text[start:i])
+            start = i + 1
+    stages.append(text[start:])
+    return [s for s in stages]
 
 
 def make_codec(spec: "str | Mapping[str, Any] | list | Codec") -> Codec:
     if isinstance(spec, Codec):
         return spec
     if isinstance(spec, str) and "|" in spec:
-        spec = [s for s in spec.split("|")]
+        stages = split_pipeline(spec)
+        if len(stages) > 1:
+            spec = stages
     if isinstance(spec, (list, tuple)):
         if len(spec) == 1:
             return make_codec(spec[0])

@@ -1,0 +1,60 @@
+"""The suite's pictures: global accuracy against cumulative MB (log x), rounds, and simulated time."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedsqueeze.compare.network import NetworkProfile  # noqa: E402
+from fedsqueeze.compare.table import RunData, simulated_elapsed  # noqa: E402
+
+
+def _series(run: RunData) -> list[dict]:
+    return [r for r in run.history if r.get("global_acc") is not None]
+
+
+def _style(i: int) -> dict:
+    return {"color": plt.get_cmap("tab20")(i % 20), "linestyle": "-" if i < 10 else "--", "linewidth": 1.4}
+
+
+def plot_suite(runs: dict[str, RunData], out_dir: Path, *, target: float, title: str,
+               networks: list[NetworkProfile]) -> list[Path]:
+    out_dir = Path(out_dir)
+    written = []
+    panels = [("accuracy_vs_mb.png", "cumulative communication (MB, up + down, headers included)", True, None),
+              ("accuracy_vs_rounds.png", "round", False, None)]
+    panels += [(f"accuracy_vs_time_{p.name}.png", f"simulated time on '{p.describe()}' (s)", True, p) for p in networks]
+    for filename, xlabel, logx, prof in panels:
+        fig, ax = plt.subplots(figsize=(8.5, 5))
+        for i, (name, run) in enumerate(runs.items()):
+            hist = _series(run)
+            if not hist:
+                continue
+            if filename == "accuracy_vs_mb.png":
+                xs = [max(r["cum_bytes"], 1) / 1e6 for r in hist]
+            elif prof is None:
+                xs = [r["round"] for r in hist]
+            else:
+                elapsed = simulated_elapsed(run, prof)
+                xs = [max(elapsed[r["round"]], 1e-3) for r in hist]
+            ax.plot(xs, [100 * r["global_acc"] for r in hist], label=run.label or name, **_style(i))
+        ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
+        ax.text(ax.get_xlim()[0], 100 * target, f" target {100 * target:.1f}%", va="bottom", fontsize=8, color="grey")
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("global test accuracy (%)")
+        lo = min((100 * r["global_acc"] for run in runs.values() for r in _series(run)), default=0)
+        ax.set_ylim(max(lo, 100 * target - 25), None)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right", ncol=2)
+        ax.set_title(title)
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

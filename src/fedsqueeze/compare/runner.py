@@ -1,0 +1,177 @@
+"""Run a suite: every run on the shared federation, cached and resumable, then table and plots.
+
+Each run lives in ``OUT/<suite>/<run>/`` (a normal run folder). A finished run whose saved config
+equals the planned one is skipped; an interrupted one resumes from its checkpoint; a folder made
+with a different config is refused unless the run is named in ``rerun`` (then it starts afresh).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedsqueeze.compare import table as tbl
+from fedsqueeze.compare.suite import RunSpec, Suite
+from fedsqueeze.config import Config, from_dict
+from fedsqueeze.errors import ConfigError
+
+# config keys that do not change results: the run's name and where/how it is executed
+_NEUTRAL = ("name", "output_dir", "engine.workers")
+
+
+def _comparable(cfg: dict) -> dict:
+    cfg = json.loads(json.dumps(cfg))
+    for key in _NEUTRAL:
+        *parents, last = key.split(".")
+        node = cfg
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(last, None)
+    data = cfg.get("data", {})
+    if data.get("partition") != "dirichlet":  # partition options the chosen partition does not read
+        data.pop("alpha", None)
+    if data.get("partition") != "shards":
+        data.pop("shards_per_client", None)
+    return cfg
+
+
+def plan(spec: RunSpec, workers: int | None) -> tuple[Config, str]:
+    cfg = spec.config
+    note = ""
+    if spec.budget_mb:
+        from fedsqueeze.compare.budget import plan_budget
+        cfg, budget = plan_budget(cfg, spec.budget_mb)
+        note = budget.describe(cfg.rounds, cfg.train.clients_per_round)
+    if workers is not None:
+        raw = cfg.to_dict()
+        raw["engine"]["workers"] = workers
+        cfg = from_dict(raw)
+    return cfg, note
+
+
+def status(run_dir: Path, cfg: Config) -> str:
+    """'done', 'resume', 'fresh' or 'changed'."""
+    saved_file = run_dir / "config.json"
+    if not saved_file.exists():
+        return "fresh"
+    try:  # through from_dict: keys added to the config since the run was made take their defaults
+        saved = from_dict(json.loads(saved_file.read_text())).to_dict()
+    except (ConfigError, ValueError):
+        return "changed"
+    if _comparable(saved) != _comparable(cfg.to_dict()):
+        return "changed"
+    if (run_dir / "summary.csv").exists() and (run_dir / "ledger.csv").exists():
+        return "done"
+    return "resume" if (run_dir / "checkpoint.pt").exists() or (run_dir / "checkpoint.prev.pt").exists() else "fresh"
+
+
+def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, rerun: tuple[str, ...] = (),
+              only: tuple[str, ...] = (), console: Any = None,
+              progress_factory: Callable[[Config], tuple[Any, Any]] | None = None) -> dict[str, Any]:
+    import fedsqueeze
+
+    say = console.print if console is not None else (lambda *a, **k: None)
+    out_dir = Path(out) / suite.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (*rerun, *only):
+        suite.run(name)  # unknown names: a clear error before anything runs
+    chosen = [r for r in suite.runs if not only or r.name in only]
+    for i, spec in enumerate(chosen, 1):
+        run_dir = out_dir / spec.name
+        cfg, note = plan(spec, workers)
+        state = status(run_dir, cfg)
+        if state == "changed" and spec.name not in rerun:
+            raise ConfigError(f"{run_dir} was made with a different config than suite run {spec.name!r} now has; "
+                              f"pass --rerun {spec.name} to start it afresh (or delete the folder)")
+        if spec.name in rerun and run_dir.exists():
+            shutil.rmtree(run_dir)
+            state = "fresh"
+        head = f"[{i}/{len(chosen)}] {spec.name}"
+        if state == "done":
+            say(f"{head}: cached ({run_dir})")
+            continue
+        say(f"{head}: {'resuming' if state == 'resume' else 'running'} — {cfg.algorithm_name} · {cfg.model.name} · "
+            f"up={tbl._spec_text(cfg.codec.up)} down={tbl._spec_text(cfg.codec.down)}")
+        if note:
+            say(f"  {note}")
+        prog = update = None
+        if progress_factory is not None:
+            prog, update = progress_factory(cfg)
+            prog.start()
+        try:
+            fedsqueeze.run(cfg, run_dir=run_dir, resume=state == "resume", progress=update, plot=False)
+        finally:
+            if prog is not None:
+                prog.stop()
+    return report(suite, out_dir, console=console)
+
+
+def report(suite: Suite, out_dir: Path, *, console: Any = None) -> dict[str, Any]:
+    """Table (terminal, Markdown, CSV) and plots from the finished run folders."""
+    from fedsqueeze.compare.plots import plot_suite
+
+    runs = {}
+    for spec in suite.runs:
+        run_dir = out_dir / spec.name
+        if (run_dir / "ledger.csv").exists():
+            runs[spec.name] = tbl.load_run(run_dir, spec.name, label=spec.label, budget_mb=spec.budget_mb)
+    if not runs:
+        raise ConfigError(f"no finished runs in {out_dir}; run the suite first")
+    target = tbl.target_of(runs, suite.baselines, suite.target)
+    rows = tbl.rows(runs, baseline=suite.baseline, target=target, networks=suite.networks)
+    title = f"{suite.name}: target {100 * target:.2f}% global accuracy; × fewer bytes vs {suite.baseline}"
+    if console is not None:
+        tbl.print_table(rows, suite.networks, console, title)
+    tbl.write_csv(rows, out_dir / "comparison.csv")
+    meta = metadata(suite)
+    md = [f"# {suite.name}\n", suite.description + "\n" if suite.description else "",
+          f"Command: `{meta['command']}`  \nDate: {meta['date']}  \nMachine: {meta['machine']}  \n"
+          f"Versions: {meta['versions']}\n",
+          f"Target: **{100 * target:.2f}%** global test accuracy "
+          f"({'given by the suite' if suite.target is not None else 'best final accuracy of ' + ', '.join(suite.baselines) + ' minus 1 point'}); "
+          f"ratios against `{suite.baseline}`.\n",
+          "Networks: " + "; ".join(p.describe() for p in suite.networks) + "\n",
+          tbl.markdown(rows, suite.networks)]
+    (out_dir / "comparison.md").write_text("\n".join(x for x in md if x))
+    (out_dir / "suite.json").write_text(json.dumps({**meta, "target": target, "baseline": suite.baseline,
+                                                    "networks": [p.describe() for p in suite.networks]}, indent=1))
+    plots = plot_suite(runs, out_dir, target=target, title=suite.name, networks=suite.networks)
+    if console is not None:
+        console.print(f"wrote {out_dir / 'comparison.md'}, comparison.csv and {len(plots)} plots")
+    return {"target": target, "rows": rows, "out_dir": out_dir, "plots": plots}
+
+
+def metadata(suite: Suite) -> dict[str, str]:
+    import os
+
+    import numpy
+    import torch
+
+    from fedsqueeze import __version__
+
+    try:
+        import flwr
+        flwr_v = f", flwr {flwr.__version__}"
+    except Exception:  # noqa: BLE001 - optional
+        flwr_v = ""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "command": "fedsqueeze " + " ".join(sys.argv[1:]) if sys.argv and "fedsqueeze" in sys.argv[0]
+        else f"fedsqueeze compare {suite.path}",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "versions": f"fedsqueeze {__version__}, Python {platform.python_version()}, torch {torch.__version__}, "
+                    f"numpy {numpy.__version__}{flwr_v}",
+    }

@@ -1,0 +1,162 @@
+"""A compare suite: one shared federation (the base config) and the runs compared on it.
+
+::
+
+    name = "fmnist-noniid"
+    base = "../fmnist-noniid-base.toml"   # the federation every run shares (relative to this file)
+    baseline = "fedavg-fp32"              # ratios are against this run (default: the first run)
+    baselines = ["fedavg-fp32"]           # target = best final accuracy of these − 1 point ...
+    target = 0.80                         # ... unless a target accuracy is given
+    network = ["lte", "iot"]              # profiles for simulated time (names or tables)
+    [base_set]                            # optional dotted overrides of the base for every run
+    "eval.every" = 2
+    [[run]]
+    name = "fedavg-topk"
+    set = {"codec.up" = "topk(fraction=0.01)"}   # dotted keys as in `fedsqueeze run --set`
+    algorithm = {name = "fedkd", ...}            # optional: replaces the base's [algorithm] table
+    budget_mb = 40                               # optional: rdq budget mode (see budget.py)
+
+Every run must keep the federation: data, seed, rounds, clients per round. A run that changes one
+of them is refused — results on different federations are not comparable.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsqueeze.compare.network import NetworkProfile, parse_profiles
+from fedsqueeze.config import Config, from_dict
+from fedsqueeze.errors import ConfigError
+
+# keys that define the federation: runs may not change them
+FEDERATION_KEYS = ("data", "seed", "rounds", "train.clients_per_round", "train.client_fraction")
+_SUITE_KEYS = {"name", "base", "baseline", "baselines", "target", "network", "base_set", "run", "description"}
+_RUN_KEYS = {"name", "set", "algorithm", "budget_mb", "label"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass
+class RunSpec:
+    name: str
+    config: Config
+    label: str = ""
+    budget_mb: float = 0.0
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    runs: list[RunSpec]
+    baseline: str
+    baselines: list[str]
+    target: float | None
+    networks: list[NetworkProfile] = field(default_factory=list)
+    description: str = ""
+
+    def run(self, name: str) -> RunSpec:
+        for r in self.runs:
+            if r.name == name:
+                return r
+        raise ConfigError(f"suite {self.name!r} has no run {name!r}; runs: {', '.join(r.name for r in self.runs)}")
+
+
+def _set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"{where}: bad key {key!r}; use dotted keys like \"codec.up\"")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {part!r} in {key!r} is not a table")
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _get_dotted(raw: dict, key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"suite file {str(path)!r} not found; shipped suites live in configs/suites/")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    unknown = set(raw) - _SUITE_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown suite key(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(sorted(_SUITE_KEYS))}")
+    if "base" not in raw or not isinstance(raw["base"], str):
+        raise ConfigError(f"{path}: the suite needs base = \"<config.toml>\" (the shared federation)")
+    base_path = (path.parent / raw["base"]).resolve()
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base config {raw['base']!r} not found (looked at {base_path})")
+    try:
+        base = tomllib.loads(base_path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{base_path}: invalid TOML: {e}") from e
+    for key, value in (raw.get("base_set") or {}).items():
+        _set_dotted(base, key, value, f"{path} [base_set]")
+    entries = raw.get("run") or []
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: the suite has no runs; add [[run]] tables with a name")
+    runs: list[RunSpec] = []
+    for i, entry in enumerate(entries):
+        where = f"{path} run #{i + 1}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not _NAME.match(entry["name"]):
+            raise ConfigError(f"{where}: every [[run]] needs a name of letters, digits, '_', '-', '.', '+'")
+        where = f"{path} run {entry['name']!r}"
+        bad = set(entry) - _RUN_KEYS
+        if bad:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(_RUN_KEYS))}")
+        cfg_raw = copy.deepcopy(base)
+        if "algorithm" in entry:
+            if not isinstance(entry["algorithm"], dict):
+                raise ConfigError(f"{where}: algorithm must be a table, e.g. algorithm = {{name = \"fedkd\"}}")
+            cfg_raw["algorithm"] = copy.deepcopy(entry["algorithm"])
+        for key, value in (entry.get("set") or {}).items():
+            for fed in FEDERATION_KEYS:
+                if key == fed or key.startswith(fed + "."):
+                    raise ConfigError(f"{where}: {key!r} would change the federation; every run of a suite "
+                                      "shares data, seed, rounds and clients per round (change the base instead)")
+            _set_dotted(cfg_raw, key, value, where)
+        cfg_raw["name"] = f"{raw.get('name', path.stem)}-{entry['name']}"
+        budget = entry.get("budget_mb", 0.0)
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
+            raise ConfigError(f"{where}: budget_mb must be a number of megabytes > 0")
+        try:
+            cfg = from_dict(cfg_raw)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        runs.append(RunSpec(entry["name"], cfg, str(entry.get("label", "")), float(budget)))
+    names = [r.name for r in runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{path}: run names must be unique; repeated: {', '.join(dup)}")
+    for fed in FEDERATION_KEYS:  # belt and braces: algorithm tables cannot touch these either
+        values = {repr(_get_dotted(r.config.to_dict(), fed)) for r in runs}
+        if len(values) > 1:
+            raise ConfigError(f"{path}: runs disagree on {fed!r}; a suite compares methods on one federation")
+    baseline = raw.get("baseline", names[0])
+    baselines = raw.get("baselines", [baseline])
+    for b in [baseline, *baselines]:
+        if b not in names:
+            raise ConfigError(f"{path}: baseline {b!r} is not one of the runs ({', '.join(names)})")
+    target = raw.get("target")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1):
+        raise ConfigError(f"{path}: target must be an accuracy in (0, 1], e.g. target = 0.8")
+    networks = parse_profiles(raw.get("network", ["lte"]), where=str(path))
+    return Suite(str(raw.get("name", path.stem)), path, runs, baseline, list(baselines),
+                 float(target) if target is not None else None, networks, str(raw.get("description", "")))
