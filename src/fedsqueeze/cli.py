@@ -99,7 +99,11 @@ def cmd_compare(args) -> int:
     from fedsqueeze.compare.runner import report, run_suite
     from fedsqueeze.compare.suite import load_suite
 
+    from rich.console import Console
+
     console = _console()
+    if not console.is_terminal:  # a log file: room for the whole table
+        console = Console(stderr=True, width=200)
     suite = load_suite(args.suite)
     if args.report_only:
         report(suite, Path(args.out) / suite.name, console=console)

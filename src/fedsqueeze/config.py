@@ -22,7 +22,7 @@ class DataConfig:
     source: str = "fashion_mnist"
     dir: str = ""                     # where the dataset files are (else the standard search path)
     num_clients: int = 100
-    partition: str = "dirichlet"      # iid | dirichlet | shards
+    partition: str = "dirichlet"      # iid | dirichlet | shards | natural (the dataset's own clients)
     alpha: float = 0.5                # Dirichlet concentration (smaller = more label skew)
     shards_per_client: int = 2        # classes-per-client style split for 'shards'
     holdout_fraction: float = 0.2     # per-client held-out share for personalised evaluation

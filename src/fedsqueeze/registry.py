@@ -59,6 +59,7 @@ CODECS = Registry("codec", {
 
 ALGORITHMS = Registry("algorithm", {
     "fedavg": "fedsqueeze.algorithms.fedavg:FedAvg",
+    "fedprox": "fedsqueeze.algorithms.fedprox:FedProx",
     "local": "fedsqueeze.algorithms.local:LocalOnly",
     "scaffold": "fedsqueeze.algorithms.scaffold:Scaffold",
     "fedper": "fedsqueeze.algorithms.fedper:FedPer",
@@ -76,18 +77,23 @@ MODELS = Registry("model", {
     "small_cnn": "fedsqueeze.models.zoo:SmallCNN",
     "logreg": "fedsqueeze.models.zoo:LogReg",
     "resnet20": "fedsqueeze.models.resnet:ResNet",
+    "char_lstm": "fedsqueeze.models.zoo:CharLSTM",
+    "char_gru": "fedsqueeze.models.zoo:CharGRU",
+    "char_lstm_small": "fedsqueeze.models.zoo:CharLSTMSmall",
 })
 
 DATASETS = Registry("dataset", {
     "fashion_mnist": "fedsqueeze.data.sources:load_fashion_mnist",
     "digits": "fedsqueeze.data.sources:load_digits",
     "synthetic": "fedsqueeze.data.sources:load_synthetic",
+    "fortunes": "fedsqueeze.data.fortunes:load_fortunes",
 })
 
 PARTITIONERS = Registry("partitioner", {
     "iid": "fedsqueeze.data.partition:iid",
     "dirichlet": "fedsqueeze.data.partition:dirichlet",
     "shards": "fedsqueeze.data.partition:shards",
+    "natural": "fedsqueeze.data.partition:natural",
 })
 
 ALL = {"algorithms": ALGORITHMS, "codecs": CODECS, "models": MODELS,

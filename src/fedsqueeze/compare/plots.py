@@ -17,7 +17,8 @@ def _series(run: RunData) -> list[dict]:
 
 
 def _style(i: int) -> dict:
-    return {"color": plt.get_cmap("tab20")(i % 20), "linestyle": "-" if i < 10 else "--", "linewidth": 1.4}
+    styles = ("-", "--", ":", "-.")
+    return {"color": plt.get_cmap("tab10")(i % 10), "linestyle": styles[(i // 10) % 4], "linewidth": 1.4}
 
 
 def plot_suite(runs: dict[str, RunData], out_dir: Path, *, target: float, title: str,
@@ -42,9 +43,9 @@ def plot_suite(runs: dict[str, RunData], out_dir: Path, *, target: float, title:
                 xs = [max(elapsed[r["round"]], 1e-3) for r in hist]
             ax.plot(xs, [100 * r["global_acc"] for r in hist], label=run.label or name, **_style(i))
         ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
-        ax.text(ax.get_xlim()[0], 100 * target, f" target {100 * target:.1f}%", va="bottom", fontsize=8, color="grey")
         if logx:
             ax.set_xscale("log")
+        ax.text(ax.get_xlim()[0], 100 * target, f" target {100 * target:.1f}%", va="bottom", fontsize=8, color="grey")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("global test accuracy (%)")
         lo = min((100 * r["global_acc"] for run in runs.values() for r in _series(run)), default=0)

@@ -1,4 +1,4 @@
-"""Splitting a training set among federated clients: IID, Dirichlet label skew, and label shards.
+"""Splitting a training set among federated clients: IID, Dirichlet label skew, label shards, natural.
 
 A partitioner maps ``labels`` (one int per training sample) to one sorted index array per client.
 Every sample goes to exactly one client, every client gets at least one sample, and the result
@@ -11,6 +11,8 @@ clients over 60,000 samples take milliseconds, and no parameter value can make t
   data silos: an experimental study"): for each class, the clients' shares of it are drawn from
   Dir(alpha * 1). Small alpha -> few classes per client, and unequal client sizes. (Hsu et al.
   2019 instead draw each client's label mix; not implemented.)
+- ``natural``: the dataset's own clients (``groups``, one client id per sample), for datasets
+  with natural clients such as ``fortunes``; ``num_clients`` must equal their number.
 - ``shards``: the scheme of McMahan et al. (2017), "Communication-efficient learning of deep
   networks from decentralized data": sort by label, cut into ``num_clients * k`` equal shards,
   deal ``k`` random shards to each client.
@@ -168,6 +170,28 @@ def shards(labels: np.ndarray, num_clients: int, *, seed: int, shards_per_client
     client_of = np.empty(n, np.int64)
     client_of[order] = client_of_shard[shard_of_position]
     return _group(client_of, k)
+
+
+def natural(labels: np.ndarray, num_clients: int, *, seed: int, groups: Any = None,
+            **unused: Any) -> list[np.ndarray]:
+    """The dataset's own clients (e.g. fortunes' category files), given as one client id per sample."""
+    labels = _check_labels(labels)
+    k = check_int("num_clients", num_clients, 1)
+    if groups is None:
+        raise DataError("partition 'natural' needs a dataset that defines its own clients (such as 'fortunes'); "
+                        "this one does not: use data.partition = 'iid', 'dirichlet' or 'shards'")
+    g = np.asarray(groups)
+    if g.shape != labels.shape or not np.issubdtype(g.dtype, np.integer) or g.min() < 0:
+        raise DataError(f"the dataset's client ids must be one non-negative integer per training sample "
+                        f"({labels.shape[0]}), got shape {g.shape} and dtype {g.dtype}; "
+                        "this is a bug in the data source")
+    defined = int(g.max()) + 1
+    if k != defined:
+        raise DataError(f"data.num_clients = {k}, but the dataset defines {defined} natural clients; set "
+                        f"data.num_clients = {defined} (its options, e.g. data.options.max_clients, choose how many)")
+    if np.bincount(g, minlength=defined).min() < 1:
+        raise DataError("the dataset defines a client without samples; this is a bug in the data source")
+    return _group(g.astype(np.int64, copy=False), defined)
 
 
 # ---- partition with holdout ---------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The model zoo. Every model is built by name from the registry as ``cls(input_shape, num_classes, **options)``.
 
+Image/tabular models read float tensors; the character models (``char_lstm``, ``char_gru``,
+``char_lstm_small``) read sequences of character ids and predict the next character.
+
 Models that personalisation methods split (SPATL, FedPer, FedKD) expose two named children,
 ``encoder`` (shared feature extractor) and ``head`` (predictor), and ``features(x)`` (the encoder
 output, flattened) so distillation can match hidden features.
@@ -67,7 +70,8 @@ def _require_image(name: str, input_shape: tuple[int, ...]) -> None:
     if len(input_shape) != 3:
         from fedsqueeze.errors import ConfigError
         raise ConfigError(f"model {name!r} needs image input (C, H, W), got shape {input_shape}; "
-                          "use model 'mlp' or 'logreg' for flat features")
+                          "use model 'mlp' or 'logreg' for flat features, or 'char_lstm', 'char_gru' or "
+                          "'char_lstm_small' for character sequences (fortunes)")
 
 
 class McMahanCNN(SplitModel):
@@ -90,6 +94,81 @@ class SmallCNN(SplitModel):
         self.encoder = nn.Sequential(_conv_stack(input_shape[0], (width, 2 * width), 3), nn.Flatten(),
                                      nn.Linear(2 * width * _spatial_after(input_shape, 2), hidden), nn.ReLU())
         self.head = nn.Linear(hidden, num_classes)
+
+
+# ---- text: character-level recurrent models ---------------------------------------------------
+def _check_sizes(name: str, **sizes: int) -> None:
+    from fedsqueeze.errors import ConfigError
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"model {name!r}: option {key} = {value!r} must be an integer >= 1")
+
+
+class CharEncoder(nn.Module):
+    """Embedding then an LSTM/GRU over the sequence; the output is the last position's hidden state.
+
+    Inputs are character ids of any integer dtype (or a float tensor holding ids, e.g. the zero
+    input the FLOP counter feeds): they are cast to int64 for the embedding.
+    """
+
+    def __init__(self, vocab: int, embed: int, hidden: int, layers: int, cell: str) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn(embed, hidden, num_layers=layers, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(x.long()))
+        return out[:, -1]
+
+
+class CharRNN(SplitModel):
+    """Next-character model: encoder = embedding + recurrent layers (last hidden state), head = fc.
+
+    Reads ``(N, seq_len)`` character ids; the vocabulary size is ``num_classes`` (a text dataset's
+    inputs and targets share one vocabulary). ``features(x)`` is the last hidden state, the hook
+    FedKD's hidden-state loss uses; FedPer/SPATL keep ``head`` local. The recurrent units are not
+    prunable channels (``channel_groups`` is empty), so SPATL uploads the whole encoder.
+    """
+
+    cell, model_name = "lstm", "char_lstm"
+    default_embed, default_hidden = 16, 128
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, embed: int | None = None,
+                 hidden: int | None = None, layers: int = 1) -> None:
+        super().__init__()
+        name = self.model_name
+        if len(input_shape) != 1:
+            from fedsqueeze.errors import ConfigError
+            raise ConfigError(f"model {name!r} reads sequences of character ids (input shape (seq_len,)), got "
+                              f"{input_shape}; use it with a text dataset such as 'fortunes'")
+        embed = self.default_embed if embed is None else embed
+        hidden = self.default_hidden if hidden is None else hidden
+        _check_sizes(name, embed=embed, hidden=hidden, layers=layers)
+        self.encoder = CharEncoder(num_classes, embed, hidden, layers, self.cell)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def channel_groups(self) -> list:
+        return []
+
+
+class CharLSTM(CharRNN):
+    """Character LSTM (embedding 16, hidden 128 by default): next-character prediction."""
+
+    cell, model_name = "lstm", "char_lstm"
+
+
+class CharGRU(CharRNN):
+    """Character GRU (embedding 16, hidden 128 by default): next-character prediction."""
+
+    cell, model_name = "gru", "char_gru"
+
+
+class CharLSTMSmall(CharLSTM):
+    """A small character LSTM (embedding 8, hidden 64): e.g. FedKD's shared student."""
+
+    model_name = "char_lstm_small"
+    default_embed, default_hidden = 8, 64
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
