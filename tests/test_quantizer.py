@@ -57,6 +57,9 @@ def test_center_step_with_the_regulariser():
     l1 = QuantConfig(bits=1, reg="l1", eta_c=0.5, clip=10.0)
     # subgradient: + η_c λ Σ sign(x - c_j) = 0.5 * [0, sign(-0.25) + sign(-0.5)] = [0, -1]
     assert torch.equal(center_step(T([-1.0, 1.0]), x, g, l1, lam=1.0), T([-2.0, -0.75]))
+    # the clip covers f's sum and the regulariser's together: [2, 1.5 + 2] clipped to ±1.5
+    l1_clip = QuantConfig(bits=1, reg="l1", eta_c=0.5, clip=1.5)
+    assert torch.equal(center_step(T([-1.0, 1.0]), x, g, l1_clip, lam=1.0), T([-1.75, 0.25]))
 
 
 def _linear(w, bias=False):
@@ -77,8 +80,9 @@ def test_one_step_gradient_prox_then_centers():
     loss, logits = q.step(model, opt, T([[1.0, 2.0]]), lambda z: z.sum(), lam=1.0)
     # f at Q(x) = [1, -1]: -1. x - ηg = [0.5, -1.0]; Q = [1, -1]; soft-threshold by λη = 0.25 -> [0.75, -1.0]
     assert loss == -1.0 and torch.equal(model.weight.detach(), T([[0.75, -1.0]]))
-    # centers: sums [2, 1] clipped to [1.5, 1]; c - 0.5 * sums = [-1.75, 0.5]; l1 term 0.5 * [0, -1]
-    assert torch.equal(q.centers["weight"], T([-1.75, 0.0]))
+    # centers: f's sums [2, 1] minus λ·Σ sign(x - c) = [0, -1] gives [2, 2], clipped to [1.5, 1.5];
+    # c - 0.5 * [1.5, 1.5] = [-1.75, 0.25]
+    assert torch.equal(q.centers["weight"], T([-1.75, 0.25]))
     assert torch.equal(logits, T([[-1.0]]))  # Q_{c_t}(x_{t+1}) = [1, -1]
     # the released code's variant evaluates the x-gradient at the latent weights
     q_full = Quantizer(QuantConfig(bits=1, eta_c=0.5, clip=1.5, quantize_first_last=True, x_grad="full"),

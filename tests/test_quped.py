@@ -148,3 +148,34 @@ def test_personal_report_groups_by_bit_width(tmp_path, digits):
     assert sizes[0] < sizes[1] < sizes[2] < 4 * 3466  # all quantized: below the fp32 MLP (hidden 32)
     pooled = sum(r["correct"] for r in rows) / sum(r["n"] for r in rows)
     assert pooled == pytest.approx(res.history[-1]["personal_acc"])  # the engine's own figure
+
+
+def test_personal_init_global_starts_from_the_received_w_and_initial_from_the_seed(monkeypatch):
+    """``personal_init``: a client's first personal model is w as received ("global", same architecture
+    only) or the seeded initial weights ("initial"); training is stubbed out to see the start."""
+    from types import SimpleNamespace
+
+    from fedsqueeze.algorithms.base import float_state
+    from fedsqueeze.models.zoo import build_model
+
+    setup = Setup("mlp", {"hidden": 8}, (4,), 3, rounds=10)
+    torch.manual_seed(0)
+    initial = float_state(build_model("mlp", (4,), 3, hidden=8))
+    w = {k: torch.full_like(v, 0.5) for k, v in initial.items()}
+    ctx = SimpleNamespace(client=0, round=1, data=[0] * 5,
+                          model=lambda slot="model": build_model(*specs[slot][:1], (4,), 3, **specs[slot][1]),
+                          initial_weights=lambda slot="model": initial)
+    starts = {}
+    for init, personal in [("global", []), ("initial", []), ("global", [{"bits": 2, "model": "mlp", "options": {"hidden": 6}}])]:
+        algo = QuPeD.from_config({"personal_init": init, "personal": personal}, setup)
+        specs = algo.model_specs()
+        monkeypatch.setattr(algo, "_train", lambda *a: (0.0, 0.0, 0))
+        if personal:  # another architecture cannot start from w: it keeps the initial weights
+            ctx.initial_weights = lambda slot="model": float_state(ctx.model(slot))
+        reply = algo.client_update(ctx, {"model": w}, None)
+        starts[(init, bool(personal))] = reply.state["x"]
+    assert all(torch.equal(starts[("global", False)][k], w[k]) for k in w)
+    assert all(torch.equal(starts[("initial", False)][k], initial[k]) for k in initial)
+    assert not any(torch.equal(v, torch.full_like(v, 0.5)) for v in starts[("global", True)].values())
+    with pytest.raises(ConfigError, match="personal_init"):
+        QuPeD.from_config({"personal_init": "warm"}, setup)

@@ -39,7 +39,10 @@ Choices where the paper is silent or differs from its released code (centralized
 - λ_p = λ_w = 0.25 and T = 1 are our defaults (not given for this setting; a short scan on digits
   preferred small KD weights). λ_w = 0 makes w's training exactly FedAvg's.
 - A client's personal model starts from the run's seeded initial weights of its architecture (the
-  same for every client of that architecture).
+  same for every client of that architecture). ``personal_init = "global"`` starts it instead from
+  the global model w it receives at its first participation (when the architectures match; others
+  keep the initial weights) — the paper does not say; with partial participation a client first
+  sampled late otherwise starts from scratch.
 - The released code divides only the teacher logits by the temperature;
   ``teacher_only_temperature = true`` reproduces that (off by default).
 - A client that has never participated has no personal model; ``personal_model`` (which is not told
@@ -77,6 +80,7 @@ class QuPeDParams(FedAvgParams):
     quantize_first_last: bool = False
     personal_lr: float = 0.0         # η for x_i (and its prox); 0 = train.lr
     freeze_from: float = 0.8         # hard-quantize personal models in rounds > freeze_from·R (1 = never)
+    personal_init: str = "initial"   # initial (seeded initial weights) | global (w at first participation)
     federated: bool = True           # false: local training of the quantized models only
 
     def __post_init__(self) -> None:
@@ -86,7 +90,8 @@ class QuPeDParams(FedAvgParams):
                 ("lambda_w", 0 <= self.lambda_w <= 1, "a number in [0, 1]"),
                 ("temperature", self.temperature > 0, "a number > 0"),
                 ("personal_lr", self.personal_lr >= 0, "a number >= 0 (0 = train.lr)"),
-                ("freeze_from", 0 <= self.freeze_from <= 1, "a number in [0, 1]")]:
+                ("freeze_from", 0 <= self.freeze_from <= 1, "a number in [0, 1]"),
+                ("personal_init", self.personal_init in ("initial", "global"), "'initial' or 'global'")]:
             if not ok:
                 raise ConfigError(f"algorithm.{key} = {getattr(self, key)!r} is invalid: it must be {allowed}")
         if not isinstance(self.personal, list):
@@ -145,6 +150,7 @@ class QuPeD(FedAvg):
                 archs.append(arch)
             self._groups.append((f"personal{archs.index(arch)}", int(e["bits"])))
         self._slots = {f"personal{k}": arch for k, arch in enumerate(archs)}
+        self._global_arch = (setup.model_name, dict(setup.model_options))
 
     @property
     def federated(self) -> bool:
@@ -169,7 +175,10 @@ class QuPeD(FedAvg):
         cfg = self.p.quant_config(bits)
         x_model = ctx.model(slot)
         if state is None:
-            load_float_state(x_model, ctx.initial_weights(slot))
+            start = ctx.initial_weights(slot)
+            if self.p.personal_init == "global" and self.federated and self._slots[slot] == self._global_arch:
+                start = down["model"]
+            load_float_state(x_model, start)
             quant, steps = Quantizer.init(cfg, float_state(x_model)), 0
         else:
             load_float_state(x_model, state["x"])
