@@ -179,3 +179,25 @@ def test_personal_init_global_starts_from_the_received_w_and_initial_from_the_se
     assert not any(torch.equal(v, torch.full_like(v, 0.5)) for v in starts[("global", True)].values())
     with pytest.raises(ConfigError, match="personal_init"):
         QuPeD.from_config({"personal_init": "warm"}, setup)
+
+
+def test_shipped_quped_suite_gives_local_quant_the_same_quantizer_as_quped():
+    """configs/suites/fmnist-quped.toml replaces the whole algorithm table for local-quant, so its
+    quantizer settings (lam, eta_c, freeze, bits, ...) must be kept in step with the base config by hand:
+    the local baseline is only fair with exactly QuPeD's quantized models and schedule."""
+    from pathlib import Path
+
+    from fedsqueeze.compare.suite import load_suite
+
+    suite = load_suite(Path(__file__).resolve().parents[1] / "configs" / "suites" / "fmnist-quped.toml")
+    reg = fedsqueeze.registry.ALGORITHMS
+
+    def params(name):
+        raw = dict(suite.run(name).config.algorithm)
+        return reg.get(raw.pop("name")).Params(**raw)
+
+    quped, local = params("quped"), params("local-quant")
+    assert not local.federated and quped.personal == local.personal
+    assert (quped.freeze_from, quped.personal_lr) == (local.freeze_from, local.personal_lr)
+    for entry in quped.personal:
+        assert quped.quant_config(entry["bits"]) == local.quant_config(entry["bits"])
