@@ -162,3 +162,19 @@ def test_compare_end_to_end_and_cache(tmp_path, capsys):
     assert main(["compare", str(path), "--out", str(out), "--quiet"]) == 2
     assert main(["compare", str(path), "--out", str(out), "--quiet", "--rerun", "fp16"]) == 0
     assert json.loads((res / "fp16" / "config.json").read_text())["codec"]["up"] == "bf16"
+
+
+@pytest.mark.parametrize("count, inside", [(3, True), (13, False)])
+def test_suite_plots_move_a_long_legend_beside_the_axes(tmp_path, count, inside):
+    """Up to 12 runs the legend sits in the axes; more would cover the curves, so it goes to the right
+    (a wider figure) and the colours come from a 20-colour map, so no two of the first 20 runs match."""
+    import matplotlib.image as mpimg
+
+    from fedsqueeze.compare import plots
+
+    runs = {f"r{i}": _run(f"r{i}", [0.5 + 0.01 * i, 0.6 + 0.01 * i], 100 * (i + 1), 200) for i in range(count)}
+    paths = plots.plot_suite(runs, tmp_path, target=0.55, title="t", networks=[])
+    width = mpimg.imread(paths[0]).shape[1]
+    assert width == (8.5 * 110 if inside else 13 * 110)
+    colours = {plots._style(i, count)["color"] for i in range(min(count, 20))}
+    assert len(colours) == min(count, 20)

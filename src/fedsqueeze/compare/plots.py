@@ -16,9 +16,15 @@ def _series(run: RunData) -> list[dict]:
     return [r for r in run.history if r.get("global_acc") is not None]
 
 
-def _style(i: int) -> dict:
+def _style(i: int, n: int) -> dict:
+    """Distinct colours first (tab10 up to 10 runs, tab20 beyond), then line styles."""
+    cmap, k = (plt.get_cmap("tab10"), 10) if n <= 10 else (plt.get_cmap("tab20"), 20)
     styles = ("-", "--", ":", "-.")
-    return {"color": plt.get_cmap("tab10")(i % 10), "linestyle": styles[(i // 10) % 4], "linewidth": 1.4}
+    return {"color": cmap(i % k), "linestyle": styles[(i // k) % 4], "linewidth": 1.4}
+
+
+# more runs than this: the legend goes beside the axes instead of over the curves
+_LEGEND_INSIDE = 12
 
 
 def plot_suite(runs: dict[str, RunData], out_dir: Path, *, target: float, title: str,
@@ -29,7 +35,8 @@ def plot_suite(runs: dict[str, RunData], out_dir: Path, *, target: float, title:
               ("accuracy_vs_rounds.png", "round", False, None)]
     panels += [(f"accuracy_vs_time_{p.name}.png", f"simulated time on '{p.describe()}' (s)", True, p) for p in networks]
     for filename, xlabel, logx, prof in panels:
-        fig, ax = plt.subplots(figsize=(8.5, 5))
+        outside = len(runs) > _LEGEND_INSIDE
+        fig, ax = plt.subplots(figsize=(13, 6) if outside else (8.5, 5))
         for i, (name, run) in enumerate(runs.items()):
             hist = _series(run)
             if not hist:
@@ -41,7 +48,7 @@ def plot_suite(runs: dict[str, RunData], out_dir: Path, *, target: float, title:
             else:
                 elapsed = simulated_elapsed(run, prof)
                 xs = [max(elapsed[r["round"]], 1e-3) for r in hist]
-            ax.plot(xs, [100 * r["global_acc"] for r in hist], label=run.label or name, **_style(i))
+            ax.plot(xs, [100 * r["global_acc"] for r in hist], label=run.label or name, **_style(i, len(runs)))
         ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
         if logx:
             ax.set_xscale("log")
@@ -51,7 +58,10 @@ def plot_suite(runs: dict[str, RunData], out_dir: Path, *, target: float, title:
         lo = min((100 * r["global_acc"] for run in runs.values() for r in _series(run)), default=0)
         ax.set_ylim(max(lo, 100 * target - 25), None)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right", ncol=2)
+        if outside:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        else:
+            ax.legend(fontsize=7, loc="lower right", ncol=2)
         ax.set_title(title)
         fig.tight_layout()
         path = out_dir / filename
