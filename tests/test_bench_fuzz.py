@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from fedsqueeze.bench import entropy_stage, fuzz
+from fedsqueeze.bench import entropy_stage, fuzz, fuzz_worker
 from fedsqueeze.bench.fuzz_cases import MUTATIONS, make_case, valid_payloads
 from fedsqueeze.cli import main
 from fedsqueeze.codecs.spec import decode_any
@@ -54,7 +54,7 @@ def _breaks_on(cid: str, cases: dict[int, object]):
 def test_crashes_are_failures_with_their_case(monkeypatch):
     def boom():
         raise ValueError("boom")
-    monkeypatch.setattr(fuzz, "decode_any", _breaks_on("fp32", {3: boom}))
+    monkeypatch.setattr(fuzz_worker, "decode_any", _breaks_on("fp32", {3: boom}))
     rep = fuzz.fuzz(7, ["fp32"])
     assert rep["bad"] == 1 and rep["outcomes"]["crash"] == 1 and rep["cases"] == 7
     cid, i, how, outcome, detail = rep["failures"][0]
@@ -62,7 +62,7 @@ def test_crashes_are_failures_with_their_case(monkeypatch):
 
 
 def test_hang_interrupted_by_the_per_case_timer(monkeypatch):
-    monkeypatch.setattr(fuzz, "decode_any", _breaks_on("fp32", {1: lambda: time.sleep(5)}))
+    monkeypatch.setattr(fuzz_worker, "decode_any", _breaks_on("fp32", {1: lambda: time.sleep(5)}))
     t0 = time.monotonic()
     rep = fuzz.fuzz(3, ["fp32"], time_limit=0.1)
     assert rep["outcomes"]["hang"] == 1 and rep["bad"] == 1 and rep["cases"] == 3
@@ -73,7 +73,7 @@ def test_hang_the_timer_cannot_interrupt_is_killed_by_the_watchdog_and_the_run_g
     def stuck():  # as if stuck inside C code: the SIGALRM handler never runs
         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
         time.sleep(60)
-    monkeypatch.setattr(fuzz, "decode_any", _breaks_on("fp32", {2: stuck}))
+    monkeypatch.setattr(fuzz_worker, "decode_any", _breaks_on("fp32", {2: stuck}))
     t0 = time.monotonic()
     rep = fuzz.fuzz(5, ["fp32"], time_limit=0.1, grace=0.5)
     assert time.monotonic() - t0 < 10
@@ -85,7 +85,7 @@ def test_hang_the_timer_cannot_interrupt_is_killed_by_the_watchdog_and_the_run_g
 
 
 def test_a_segfaulting_worker_is_replaced(monkeypatch):
-    monkeypatch.setattr(fuzz, "decode_any", _breaks_on("fp32", {0: lambda: os.kill(os.getpid(), signal.SIGSEGV),
+    monkeypatch.setattr(fuzz_worker, "decode_any", _breaks_on("fp32", {0: lambda: os.kill(os.getpid(), signal.SIGSEGV),
                                                                 4: lambda: os.kill(os.getpid(), signal.SIGSEGV)}))
     rep = fuzz.fuzz(6, ["fp32"])
     assert rep["cases"] == 6 and rep["outcomes"]["died"] == 2
@@ -101,13 +101,13 @@ def test_allocation_beyond_the_cap_is_a_failure_even_when_wrapped(monkeypatch):
             hog()
         except MemoryError as e:
             raise PayloadError("malformed body") from e
-    monkeypatch.setattr(fuzz, "decode_any", _breaks_on("fp32", {0: hog, 1: wrapped}))
+    monkeypatch.setattr(fuzz_worker, "decode_any", _breaks_on("fp32", {0: hog, 1: wrapped}))
     rep = fuzz.fuzz(3, ["fp32"], mem_cap_mb=64)
     assert rep["outcomes"]["over_cap"] == 2 and rep["bad"] == 2 and rep["cases"] == 3
 
 
 def test_peak_memory_growth_is_measured(monkeypatch):
-    monkeypatch.setattr(fuzz, "decode_any", _breaks_on("fp16", {150: lambda: torch.ones(24 << 20).sum() and {}}))
+    monkeypatch.setattr(fuzz_worker, "decode_any", _breaks_on("fp16", {150: lambda: torch.ones(24 << 20).sum() and {}}))
     rep = fuzz.fuzz(200, ["fp16"])
     (peak, first), cid = rep["peak_extra"]
     assert cid == "fp16" and first == 100 and peak >= 90 << 20  # 96 MB touched by case 150

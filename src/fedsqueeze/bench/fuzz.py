@@ -23,214 +23,28 @@ than the time limit (``hang``), an allocation beyond the memory cap (``over_cap`
 tensors do not match the header (``bad_output``), and a worker process that died (``died``: a
 segfault or a hang the in-process timer could not interrupt).
 
-Cases run in forked worker processes. Each arms a per-case timer (SIGALRM) and limits its address
-space to its size at start plus the memory cap (``RLIMIT_AS``); the parent is a watchdog that kills a
-worker stuck past the time limit plus a grace period, records the case and resumes after it. Peak
+Cases run in forked worker processes (``bench.fuzz_worker``). Each arms a per-case timer (SIGALRM)
+and limits its address space to its size at start plus the memory cap (``RLIMIT_AS``); the parent is a
+watchdog that kills a worker stuck past the time limit plus a grace period, records the case and
+resumes after it. Peak
 memory is measured per batch of cases (Linux: the resident high-water mark, reset before each
 batch) and the largest growth is reported. Case ``i`` of a codec is fully determined by
 ``(seed, codec, i)``: ``make_case`` rebuilds it for debugging.
 """
 from __future__ import annotations
 
-import faulthandler
 import multiprocessing as mp
 import multiprocessing.connection as mpc
-import resource
 import signal
 import time
-import traceback
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from fedsqueeze.bench.fuzz_cases import MUTATIONS, inputs, make_case, valid_payloads
-from fedsqueeze.codecs.spec import decode_any, make_codec
-from fedsqueeze.errors import CodecError, FedsqueezeError, PayloadError
+from fedsqueeze.bench.fuzz_cases import MUTATIONS
+from fedsqueeze.bench.fuzz_worker import BATCH, FAILURES, MAX_LISTED, OUTCOMES, Part, worker
+from fedsqueeze.errors import FedsqueezeError
 from fedsqueeze.registry import CODECS
-from fedsqueeze.wire.payload import Header, unpack
-
-FAILURES = ("crash", "hang", "over_cap", "bad_output", "died")
-OUTCOMES = ("decoded", "rejected", *FAILURES)
-BATCH = 100          # cases between progress reports and memory readings
-MAX_LISTED = 20      # failures kept per codec
-
-
-class _Hang(Exception):
-    pass
-
-
-def _alarm(signum, frame):  # noqa: ARG001
-    raise _Hang()
-
-
-# ---- running cases --------------------------------------------------------------------------------
-def _over_cap(exc: BaseException | None) -> bool:
-    """An allocation failed (MemoryError, or torch's allocator error), possibly wrapped in ours."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, MemoryError):
-            return True
-        if isinstance(exc, RuntimeError) and "alloc" in str(exc).lower() and "memory" in str(exc).lower():
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
-
-def _check_output(out: Any, header: Header | None) -> str | None:
-    if header is None:
-        return "decoded a payload whose frame or header is invalid"
-    if not isinstance(out, dict) or list(out) != [s.name for s in header.tensors]:
-        return "decoded tensors do not match the header's names"
-    for s in header.tensors:
-        t = out[s.name]
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != s.shape or t.dtype != s.dtype:
-            return f"tensor {s.name!r} decoded as {getattr(t, 'shape', type(t))}, header says {s.shape} {s.dtype}"
-    return None
-
-
-def run_case(bad: bytes, max_numel: int, time_limit: float) -> tuple[str, bool, str]:
-    """Decode one payload under the per-case timer: (outcome, past the frame and header checks, detail)."""
-    header = None
-    signal.setitimer(signal.ITIMER_REAL, time_limit)
-    try:
-        try:
-            header = unpack(bad)[0]
-        except PayloadError:
-            pass
-        out = decode_any(bad, max_numel=max_numel)
-        problem = _check_output(out, header)
-        return ("bad_output", True, problem) if problem else ("decoded", True, "")
-    except (PayloadError, CodecError) as e:
-        return ("over_cap" if _over_cap(e) else "rejected"), header is not None, repr(e)
-    except _Hang:
-        return "hang", header is not None, f"exceeded the {time_limit} s time limit"
-    except BaseException as e:  # noqa: BLE001  (the point is to catch everything else)
-        outcome = "over_cap" if _over_cap(e) else "crash"
-        return outcome, header is not None, f"{e!r}\n{traceback.format_exc(limit=4)}"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-class _Memory:
-    """Resident memory of this process: current and peak since the last ``reset`` (Linux /proc; elsewhere
-    the lifetime peak from getrusage, so growth is measured against the first reading)."""
-
-    def __init__(self) -> None:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.proc = True
-        except OSError:
-            self.proc = False
-
-    def _status(self, key: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def reset(self) -> int:
-        """Reset the peak to the current size; returns the current size in bytes."""
-        if self.proc:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            return self._status("VmRSS:")
-        return self.peak()
-
-    def peak(self) -> int:
-        if self.proc:
-            return self._status("VmHWM:")
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def address_space(self) -> int:
-        return self._status("VmSize:") if self.proc else 0
-
-
-@dataclass
-class _Part:
-    """Results of a run of consecutive cases of one codec (what a worker sends after each batch)."""
-    cid: str
-    done_through: int = 0                 # every case below this index is accounted for
-    counts: Counter = field(default_factory=Counter)
-    by_mutation: Counter = field(default_factory=Counter)   # (mutation, outcome) -> count
-    reached: int = 0                      # cases whose frame and header were valid
-    failures: list = field(default_factory=list)           # (codec, case, mutation, outcome, detail)
-    slowest: tuple = (0.0, -1, "")        # (wall seconds, case, mutation)
-    slowest_cpu: tuple = (0.0, -1, "")    # (CPU seconds, case, mutation): without other processes' load
-    peak: tuple = (0, -1)                 # (bytes above the batch's starting RSS, first case of the batch)
-    seconds: float = 0.0
-    final: bool = False
-
-
-def _run_range(cid: str, start: int, stop: int, skip: frozenset, opts: dict, slot=None, send=None) -> _Part:
-    """Cases ``start..stop-1`` (minus ``skip``) of ``cid``, in this process. ``slot`` (shared with the
-    watchdog): [case in progress, its start time]; ``send`` gets a ``_Part`` after every batch."""
-    ids, goods = opts["ids"], valid_payloads(cid)
-    # warm-up (lazy imports, first-call costs, also of the codecs a swapped id reaches): not a case
-    for good in goods + [make_codec(other).encode(inputs(0), seed=0) for other in ids]:
-        decode_any(good, max_numel=opts["max_numel"])
-    mem = _Memory()
-    part = _Part(cid, done_through=start)
-    t_batch = time.perf_counter()
-    base = mem.reset()
-    for i in range(start, stop):
-        if i in skip:
-            continue
-        how, bad = make_case(cid, i, seed=opts["seed"], goods=goods, ids=ids)
-        if slot is not None:
-            slot[0], slot[1] = i, time.monotonic()
-        t0, c0 = time.perf_counter(), time.process_time()
-        outcome, reached, detail = run_case(bad, opts["max_numel"], opts["time_limit"])
-        dt, dc = time.perf_counter() - t0, time.process_time() - c0
-        if slot is not None:
-            slot[1] = 0.0
-        part.counts[outcome] += 1
-        part.by_mutation[how, outcome] += 1
-        part.reached += reached
-        if dt > part.slowest[0]:
-            part.slowest = (dt, i, how)
-        if dc > part.slowest_cpu[0]:
-            part.slowest_cpu = (dc, i, how)
-        if outcome in FAILURES and len(part.failures) < MAX_LISTED:
-            part.failures.append((cid, i, how, outcome, detail))
-        if (i + 1 - start) % BATCH == 0 or i + 1 == stop:
-            grew = mem.peak() - base
-            if grew > part.peak[0]:
-                part.peak = (grew, max(start, i + 1 - BATCH))
-            part.done_through = i + 1
-            part.seconds += time.perf_counter() - t_batch
-            if send is not None:
-                send(part)
-                part = _Part(cid, done_through=i + 1)
-            t_batch = time.perf_counter()
-            base = mem.reset()
-    part.done_through = stop
-    part.final = True
-    return part
-
-
-def _worker(task: tuple, opts: dict, conn, slot) -> None:
-    cid, start, stop, skip = task
-    try:
-        torch.set_num_threads(1)
-        faulthandler.disable()  # a segfault is reported by the parent, with its case
-        signal.signal(signal.SIGALRM, _alarm)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-        if opts["mem_cap"]:
-            _, hard = resource.getrlimit(resource.RLIMIT_AS)
-            limit = _Memory().address_space() + opts["mem_cap"]
-            if limit > opts["mem_cap"]:
-                resource.setrlimit(resource.RLIMIT_AS, (limit if hard < 0 else min(limit, hard), hard))
-        conn.send(_run_range(cid, start, stop, skip, opts, slot, conn.send))
-    except BaseException as e:  # noqa: BLE001  a failure outside any case (setup): tell the parent
-        conn.send(("error", f"{e!r}\n{traceback.format_exc(limit=4)}"))
-    finally:
-        conn.close()
-
 
 @dataclass
 class _Running:
@@ -260,12 +74,12 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
     chunk = -(-cases // jobs) if cases else 0
     todo = deque((cid, lo, min(lo + chunk, cases), frozenset()) for cid in ids for lo in range(0, cases, chunk or 1)
                  if chunk)
-    per: dict[str, _Part] = {cid: _Part(cid) for cid in ids}
+    per: dict[str, Part] = {cid: Part(cid) for cid in ids}
     ctx = mp.get_context("fork")
     running: dict[Any, _Running] = {}
     t0 = time.perf_counter()
 
-    def add(p: _Part) -> None:
+    def add(p: Part) -> None:
         acc = per[p.cid]
         acc.counts.update(p.counts)
         acc.by_mutation.update(p.by_mutation)
@@ -285,7 +99,7 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
         if i < 0:  # died before its first case: nothing to resume
             raise FedsqueezeError(f"fuzz worker for {cid} died during setup: {detail}")
         how = MUTATIONS[i % len(MUTATIONS)]
-        add(_Part(cid, counts=Counter({outcome: 1}), by_mutation=Counter({(how, outcome): 1}),
+        add(Part(cid, counts=Counter({outcome: 1}), by_mutation=Counter({(how, outcome): 1}),
                   failures=[(cid, i, how, outcome, detail)]))
         if i + 1 < stop or run.done_through < i:
             todo.appendleft((cid, run.done_through, stop, skip | {i}))
@@ -301,7 +115,7 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
                 task = todo.popleft()
                 slot = ctx.RawArray("d", [-1.0, 0.0])
                 recv, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker, args=(task, opts, send, slot), daemon=True)
+                proc = ctx.Process(target=worker, args=(task, opts, send, slot), daemon=True)
                 proc.start()
                 send.close()
                 running[recv] = _Running(proc, recv, slot, task, task[1])

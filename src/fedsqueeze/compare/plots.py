@@ -34,8 +34,8 @@ def plot_suite(runs: dict[str, RunData], out_dir: Path, *, target: float, title:
     panels = [("accuracy_vs_mb.png", "cumulative communication (MB, up + down, headers included)", True, None),
               ("accuracy_vs_rounds.png", "round", False, None)]
     panels += [(f"accuracy_vs_time_{p.name}.png", f"simulated time on '{p.describe()}' (s)", True, p) for p in networks]
+    outside = len(runs) > _LEGEND_INSIDE
     for filename, xlabel, logx, prof in panels:
-        outside = len(runs) > _LEGEND_INSIDE
         fig, ax = plt.subplots(figsize=(13, 6) if outside else (8.5, 5))
         for i, (name, run) in enumerate(runs.items()):
             hist = _series(run)

@@ -32,19 +32,18 @@ from fedsqueeze.data.sources import Dataset
 from fedsqueeze.engine import delta, faults
 from fedsqueeze.engine.atomic import atomic_write_bytes, crash_point, remove_temp_files
 from fedsqueeze.engine.checkpoint import restore_checkpoint, save_checkpoint
+from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy
+from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
 from fedsqueeze.engine.runtime import COMPUTE_KEY, ClientFailure, Runtime, payload_seed, run_client_safely
 from fedsqueeze.engine.sampling import clients_per_round, sample_clients
 from fedsqueeze.engine.state import ClientStateStore
-from fedsqueeze.engine.validation import (Rejection, TooFewReplies, check_kinds, check_num_samples, check_spec,
-                                         check_values)
-from fedsqueeze.errors import CodecError, ConfigError, DataError, FedsqueezeError, PayloadError
-from fedsqueeze.metrics.evaluate import evaluate
+from fedsqueeze.engine.validation import Rejection, TooFewReplies, admit
+from fedsqueeze.errors import ConfigError, DataError, FedsqueezeError
 from fedsqueeze.metrics.results import Result, RunWriter
 from fedsqueeze.registry import DATASETS
 from fedsqueeze.wire.ledger import Ledger
 
 Callback = Callable[[dict], None]
-REJECTIONS = "rejections.jsonl"
 
 
 def load_dataset(cfg: Config) -> Dataset:
@@ -82,6 +81,7 @@ class Simulation:
         self.progress = progress
         self.log = log or (lambda msg: None)
         self.writer = RunWriter(self.run_dir)
+        self.rejections = RejectionLog(self.run_dir)
         self.k = clients_per_round(cfg.data.num_clients, cfg.train.clients_per_round, cfg.train.client_fraction)
         if cfg.engine.min_replies > self.k:
             raise ConfigError(f"engine.min_replies = {cfg.engine.min_replies} exceeds the {self.k} clients sampled "
@@ -126,7 +126,7 @@ class Simulation:
         (self.run_dir / "partition.json").write_text(json.dumps(stats))
         self.log(describe(stats))
         self.writer.rewrite_rounds([])
-        (self.run_dir / REJECTIONS).write_text("")
+        self.rejections.clear()
 
     def _seeded_model(self) -> torch.nn.Module:
         model = self.runtime.build("model")
@@ -154,21 +154,8 @@ class Simulation:
             self.mirrors = delta.ServerMirrors(self.run_dir / "mirrors", ckpt.get("mirror_index", {}))
         self.start_round = ckpt["round"] + 1
         self.writer.rewrite_rounds(self.history)
-        self._trim_rejections(ckpt["round"])
+        self.rejections.trim(ckpt["round"])
         return True
-
-    def _trim_rejections(self, last_round: int) -> None:
-        """Keep the rejections of the checkpointed rounds only: later ones will be made again."""
-        path = self.run_dir / REJECTIONS
-        lines = path.read_text().splitlines() if path.exists() else []
-        kept = []
-        for ln in lines:
-            try:
-                if json.loads(ln)["round"] <= last_round:
-                    kept.append(ln)
-            except (ValueError, KeyError, TypeError):
-                continue  # a line a crash cut short
-        path.write_text("".join(ln + "\n" for ln in kept))
 
     def _checkpoint(self, rnd: int) -> None:
         save_checkpoint(self.run_dir, {
@@ -272,6 +259,10 @@ class Simulation:
             for kind, p in payloads_for(payloads, c).items():
                 self.ledger.record(rnd, c, "down", kind, p)
         expected = self.algo.upload_spec(rnd, step, down_msgs)
+
+        def decode_up(kind: str, payload: bytes) -> dict:
+            return self.algo.codec(kind, "up", rnd).decode(payload, max_numel=self._max_numel)
+
         self._staged, self._failed = {}, {}
         arrived = self._execute(clients, rnd, step, payloads)
         replies, rejections = [], []
@@ -281,7 +272,7 @@ class Simulation:
                 self._client_s[c] = self._client_s.get(c, 0.0) + float(metrics.pop(COMPUTE_KEY))
             for kind, p in ups.items():
                 self.ledger.record(rnd, c, "up", kind, p)  # received bytes count, accepted or not
-            reply = self._admit(rnd, step, c, ups, n, metrics, expected)
+            reply = admit(rnd, step, c, ups, n, metrics, expected, decode_up, self.cfg.engine.max_update_norm)
             if isinstance(reply, Rejection):
                 rejections.append((reply, ""))
                 continue
@@ -335,35 +326,10 @@ class Simulation:
                 payloads[kind] = codec.encode(tensors, seed=seed)
         return payloads
 
-    def _admit(self, rnd: int, step: int, client: int, ups: dict[str, bytes], n: Any, metrics: dict,
-               expected: Any) -> Reply | Rejection:
-        """The decoded reply, or why it is rejected (cheap checks first; nothing undeclared is decoded)."""
-        why = check_num_samples(n)
-        if why:
-            return Rejection(rnd, step, client, "samples", why)
-        why = check_kinds(set(ups), expected)
-        if why:
-            return Rejection(rnd, step, client, "spec", why)
-        decoded = {}
-        for kind, p in ups.items():
-            try:
-                decoded[kind] = self.algo.codec(kind, "up", rnd).decode(p, max_numel=self._max_numel)
-            except (PayloadError, CodecError) as e:
-                return Rejection(rnd, step, client, "decode", f"message {kind!r} does not decode: {e}")
-            why = check_spec(kind, decoded[kind], expected)
-            if why:
-                return Rejection(rnd, step, client, "spec", why)
-            bad = check_values(kind, decoded[kind], self.cfg.engine.max_update_norm)
-            if bad:
-                return Rejection(rnd, step, client, *bad)
-        return Reply(client, n, decoded, None, metrics)
-
     def _reject(self, rejection: Rejection, detail: str = "") -> None:
         r = rejection
         self.log(f"round {r.round} step {r.step}: client {r.client} rejected ({r.check}): {r.reason}")
-        record = r.to_json() | ({"traceback": detail} if detail else {})
-        with open(self.run_dir / REJECTIONS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.rejections.append(r, detail)
 
     def _execute(self, clients: list[int], rnd: int, step: int,
                  payloads: dict[str, bytes]) -> list[tuple[int, dict[str, bytes], int, dict]]:
@@ -446,50 +412,21 @@ class Simulation:
                                "personal_acc_clients": None}
         bs = self.cfg.eval.batch_size
         if self._due(self.cfg.eval.every, rnd):
-            gm = self.algo.global_model(self.server_state)
-            if gm is not None:
-                model = self.runtime.module(gm[0])
-                model.load_state_dict(gm[1], strict=False)
-                correct, loss, n = evaluate(model, self.dataset.x_test, self.dataset.y_test, bs)
-                rec["global_acc"], rec["global_loss"] = correct / n, loss / n
+            rec["global_acc"], rec["global_loss"] = global_accuracy(self.runtime, self.algo, self.server_state,
+                                                                    self.dataset, bs)
         if self._due(self.cfg.eval.personal_every, rnd):
             rec["personal_acc"], rec["personal_acc_clients"] = self._personal(bs)
         rec["eval_s"] = time.perf_counter() - t0
         return rec
 
     def _personal(self, bs: int) -> tuple[float | None, float | None]:
-        """Accuracy of each client's personalised model on its own held-out split:
-        (pooled over all held-out samples, unweighted mean over clients)."""
-        total_c = total_n = 0
-        per_client = []
-        for _, correct, n, _ in self.personal_accuracies(bs):
-            total_c, total_n = total_c + correct, total_n + n
-            per_client.append(correct / n)
-        if not total_n:
-            return None, None
-        return total_c / total_n, sum(per_client) / len(per_client)
+        """Personalised accuracy (pooled, mean over clients); a transport without client data overrides it."""
+        return pooled_accuracy(self.personal_accuracies(bs))
 
     def personal_accuracies(self, bs: int | None = None):
-        """Per client with a held-out split: (client, correct, n, the algorithm's client_profile).
-        Yields nothing when the algorithm has no personalised (or global) model."""
-        bs = bs or self.cfg.eval.batch_size
-        loaded = None
-        for c in range(self.cfg.data.num_clients):
-            ho = self.partition.holdout[c]
-            if len(ho) == 0:
-                continue
-            stored = self.store.get(c)
-            client_state = stored.get("algo") if stored else None
-            pm = self.algo.personal_model(self.server_state, client_state)
-            if pm is None:
-                return
-            model = self.runtime.module(pm[0])
-            if loaded is not pm[1]:
-                model.load_state_dict(pm[1], strict=False)
-                loaded = pm[1]
-            idx = torch.from_numpy(ho)
-            correct, _, n = evaluate(model, self.dataset.x_train[idx], self.dataset.y_train[idx], bs)
-            yield c, correct, n, self.algo.client_profile(c, client_state)
+        """Per client with a held-out split: (client, correct, n, the algorithm's client_profile)."""
+        return personal_accuracies(self.runtime, self.algo, self.server_state, self.store, self.partition,
+                                   self.dataset, self.cfg.data.num_clients, bs or self.cfg.eval.batch_size)
 
 
 Payloads = dict  # kind -> bytes for every client, or client -> (kind -> bytes) with codec.downlink = "delta"

@@ -10,12 +10,14 @@ The norm is taken per message kind over all of its decoded tensors, ``sqrt(sum_t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
-from fedsqueeze.algorithms.base import UploadSpec
-from fedsqueeze.errors import FedsqueezeError
+from fedsqueeze.algorithms.base import Reply, UploadSpec
+from fedsqueeze.errors import CodecError, FedsqueezeError, PayloadError
 
 
 class TooFewReplies(FedsqueezeError):
@@ -93,3 +95,29 @@ def message_norm(tensors: dict[str, torch.Tensor]) -> float:
     """The L2 norm the bound applies to: over all floating-point values of one message (float64)."""
     return math.sqrt(sum(float((t.detach().to(torch.float64) ** 2).sum()) for t in tensors.values()
                          if t.is_floating_point()))
+
+
+def admit(rnd: int, step: int, client: int, ups: dict[str, bytes], n: Any, metrics: dict,
+          expected: UploadSpec | None, decode: Callable[[str, bytes], dict[str, torch.Tensor]],
+          max_norm: float) -> Reply | Rejection:
+    """The decoded reply, or why it is rejected. Cheap checks first, and nothing undeclared is decoded;
+    ``decode(kind, payload)`` raises ``PayloadError``/``CodecError`` on a payload it cannot read."""
+    why = check_num_samples(n)
+    if why:
+        return Rejection(rnd, step, client, "samples", why)
+    why = check_kinds(set(ups), expected)
+    if why:
+        return Rejection(rnd, step, client, "spec", why)
+    decoded = {}
+    for kind, p in ups.items():
+        try:
+            decoded[kind] = decode(kind, p)
+        except (PayloadError, CodecError) as e:
+            return Rejection(rnd, step, client, "decode", f"message {kind!r} does not decode: {e}")
+        why = check_spec(kind, decoded[kind], expected)
+        if why:
+            return Rejection(rnd, step, client, "spec", why)
+        bad = check_values(kind, decoded[kind], max_norm)
+        if bad:
+            return Rejection(rnd, step, client, *bad)
+    return Reply(client, n, decoded, None, metrics)

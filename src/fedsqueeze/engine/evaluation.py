@@ -1,0 +1,57 @@
+"""What the engine measures of a run's models: the global model on the test set, and each client's
+personalised model on that client's held-out split."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from fedsqueeze.metrics.evaluate import evaluate
+
+
+def global_accuracy(runtime: Any, algo: Any, server_state: Any, dataset: Any,
+                    bs: int) -> tuple[float | None, float | None]:
+    """(accuracy, mean loss) of the algorithm's global model on the test set; (None, None) without one."""
+    gm = algo.global_model(server_state)
+    if gm is None:
+        return None, None
+    model = runtime.module(gm[0])
+    model.load_state_dict(gm[1], strict=False)
+    correct, loss, n = evaluate(model, dataset.x_test, dataset.y_test, bs)
+    return correct / n, loss / n
+
+
+def personal_accuracies(runtime: Any, algo: Any, server_state: Any, store: Any, partition: Any, dataset: Any,
+                        num_clients: int, bs: int) -> Iterator[tuple[int, int, int, dict]]:
+    """Per client with a held-out split: (client, correct, n, the algorithm's client_profile).
+    Yields nothing when the algorithm has no personalised (or global) model."""
+    loaded = None
+    for c in range(num_clients):
+        ho = partition.holdout[c]
+        if len(ho) == 0:
+            continue
+        stored = store.get(c)
+        client_state = stored.get("algo") if stored else None
+        pm = algo.personal_model(server_state, client_state)
+        if pm is None:
+            return
+        model = runtime.module(pm[0])
+        if loaded is not pm[1]:  # clients sharing one model (e.g. the global one) load it once
+            model.load_state_dict(pm[1], strict=False)
+            loaded = pm[1]
+        idx = torch.from_numpy(ho)
+        correct, _, n = evaluate(model, dataset.x_train[idx], dataset.y_train[idx], bs)
+        yield c, correct, n, algo.client_profile(c, client_state)
+
+
+def pooled_accuracy(rows: Iterable[tuple[int, int, int, dict]]) -> tuple[float | None, float | None]:
+    """From ``personal_accuracies`` rows: (pooled over all held-out samples, unweighted mean over clients)."""
+    total_c = total_n = 0
+    per_client = []
+    for _, correct, n, _ in rows:
+        total_c, total_n = total_c + correct, total_n + n
+        per_client.append(correct / n)
+    if not total_n:
+        return None, None
+    return total_c / total_n, sum(per_client) / len(per_client)
