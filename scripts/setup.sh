@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv, installs the pinned CPU torch, then fedsqueeze with its test and flower extras, and makes sure
+# Creates .venv, installs the pinned CPU torch, then fedsqueeze with its test, flower, digits and plots extras
+# (everything the tests need), and makes sure
 # Fashion-MNIST and Debian's fortune files are on the machine. Safe to run again: it skips what is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,10 +13,10 @@ fi
 
 stamp=.venv/.fedsqueeze-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
-  echo "setup: installing torch==2.13.0 (CPU) and fedsqueeze[test,flower] into .venv"
+  echo "setup: installing torch==2.13.0 (CPU) and fedsqueeze[test,flower,digits,plots] into .venv"
   # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
   .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
-  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,flower]"
+  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,flower,digits,plots]"
   touch "$stamp"
 fi
 

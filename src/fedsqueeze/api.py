@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from fedsqueeze.config import Config, apply_overrides, from_dict, load_config
-from fedsqueeze.errors import ConfigError
+from fedsqueeze.errors import ConfigError, MissingExtraError
 from fedsqueeze.metrics.results import Result
 
 
@@ -41,10 +41,14 @@ def run(config: Config | dict | str | Path, *, run_dir: str | Path | None = None
     torch.set_num_threads(threads)
     sim = Simulation(cfg, run_dir or default_run_dir(cfg), dataset=dataset, progress=progress, log=log)
     result = sim.run(resume=resume)
-    if plot:
-        from fedsqueeze.metrics.plots import plot_runs
-        plot_runs([sim.run_dir], sim.run_dir / "accuracy_vs_mb.png", title=cfg.name)
     result.warnings = sim.warnings  # type: ignore[attr-defined]
+    if plot:
+        try:
+            from fedsqueeze.metrics.plots import plot_runs
+        except MissingExtraError as e:  # the run itself is complete; only the picture is missing
+            result.warnings = [*result.warnings, f"no accuracy_vs_mb.png: {e}"]  # type: ignore[attr-defined]
+        else:
+            plot_runs([sim.run_dir], sim.run_dir / "accuracy_vs_mb.png", title=cfg.name)
     return result
 
 

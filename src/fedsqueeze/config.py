@@ -254,7 +254,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found; presets live in configs/ (e.g. configs/digits-quick.toml)")
+            from fedsqueeze import presets
+
+            preset = presets.path(str(path))
+            if preset is None:
+                raise ConfigError(f"config file {str(p)!r} not found; give a TOML file or a preset name "
+                                  "(`fedsqueeze presets` lists them, e.g. digits-quick)")
+            p = preset
         try:
             raw = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e:

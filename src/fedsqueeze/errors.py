@@ -24,3 +24,19 @@ class CodecError(FedsqueezeError):
 
 class RegistryError(ConfigError):
     """A name (algorithm, codec, model, dataset, partitioner) is not registered."""
+
+
+class MissingExtraError(FedsqueezeError):
+    """An optional dependency is not installed; the message names the ``pip install 'fedsqueeze[...]'`` extra."""
+
+
+def require_matplotlib():
+    """``matplotlib.pyplot`` on the Agg backend, or a one-line error naming the ``plots`` extra."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingExtraError("plots need matplotlib, which is not installed: "
+                                "pip install 'fedsqueeze[plots]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt

@@ -137,7 +137,7 @@ CASES: list[Case] = [
          {"train.learning_rate": 0.1}),
     Case("malformed TOML", "invalid TOML: invalid value (at line 1, column 10)", "fix the syntax",
          toml="rounds = = 3\n"),
-    Case("missing config file", "config file '{dir}/nope.toml' not found", "presets live in configs/",
+    Case("missing config file", "config file '{dir}/nope.toml' not found", "`fedsqueeze presets` lists them",
          argv=("run", "{dir}/nope.toml")),
     Case("no config and no resume", "run needs a CONFIG.toml", "--resume RUN_DIR", argv=("run",)),
     Case("--set without '='", "override 'train.lr' must look like key=value", "e.g. train.lr=0.1",

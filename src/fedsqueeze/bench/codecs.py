@@ -295,10 +295,9 @@ def _series(spec: str) -> str:
 
 
 def _plot(path: Path, rows: Sequence[dict], label: str, frontier: dict[str, np.ndarray]) -> None:
-    import matplotlib
+    from fedsqueeze.errors import require_matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require_matplotlib()
 
     fig, ax = plt.subplots(figsize=(10, 5.5))
     ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from fedsqueeze.errors import require_matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+plt = require_matplotlib()  # without the plots extra: MissingExtraError
 
 from fedsqueeze.compare.network import NetworkProfile  # noqa: E402
 from fedsqueeze.compare.table import RunData, simulated_elapsed  # noqa: E402

@@ -212,7 +212,11 @@ def stratified_split(labels: np.ndarray, test_fraction: float,
 
 def load_digits(**unused: Any) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), split 80/20 by class."""
-    from sklearn.datasets import load_digits as sk_digits  # bundled with sklearn: no download
+    try:
+        from sklearn.datasets import load_digits as sk_digits  # bundled with sklearn: no download
+    except ImportError:
+        raise DataError("the digits source needs scikit-learn, which is not installed: "
+                        "pip install 'fedsqueeze[digits]'") from None
 
     bunch = sk_digits()
     x = bunch.data.astype(np.float32).reshape(-1, 1, 8, 8)

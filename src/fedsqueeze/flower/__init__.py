@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from fedsqueeze.errors import FedsqueezeError
 
-FLWR_VERSION = "1.41.0"
+FLWR_VERSION = "1.41.0"  # the version the tests run on
+FLWR_RANGE = ">=1.41,<1.42"  # the flower extra in pyproject.toml
 
 
 def require_flwr() -> None:
@@ -26,4 +27,4 @@ def require_flwr() -> None:
         import flwr  # noqa: F401
     except ImportError as e:
         raise FedsqueezeError("Flower is not installed; install the extra: "
-                              f"pip install 'fedsqueeze[flower]' (flwr=={FLWR_VERSION})") from e
+                              f"pip install 'fedsqueeze[flower]' (flwr {FLWR_RANGE})") from e

@@ -4,10 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+from fedsqueeze.errors import require_matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+plt = require_matplotlib()  # without the plots extra: MissingExtraError
 
 from fedsqueeze.errors import FedsqueezeError  # noqa: E402
 from fedsqueeze.metrics.results import read_history  # noqa: E402
