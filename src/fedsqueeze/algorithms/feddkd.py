@@ -1,6 +1,6 @@
 """FedDKD: Li, Chen, Lu. "FedDKD: Federated Learning with Decentralized Knowledge Distillation".
 arXiv 2205.00706 (2022). No official code exists; this follows the paper as summarised in
-METHODS.md §4 (the paper's full text was not at hand when this was written, so its numeric
+docs/methods.md §4 (the paper's full text was not at hand when this was written, so its numeric
 settings are not reproduced; every choice below is a switch).
 
 A round has ``1 + S`` communication steps (``num_steps``):

@@ -1,5 +1,5 @@
 """FedKD: Wu, Wu, Lyu, Huang, Xie. "Communication-efficient federated learning via knowledge
-distillation". Nature Communications 13:2032 (2022). arXiv 2108.13323. (METHODS.md §1.)
+distillation". Nature Communications 13:2032 (2022). arXiv 2108.13323. (docs/methods.md §1.)
 
 Each client keeps a private **teacher** (model slot ``teacher``, architecture ``teacher`` /
 ``teacher_options``; never sent) and trains it together with the shared **student** (slot ``model``,

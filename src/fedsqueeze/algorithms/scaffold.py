@@ -18,8 +18,8 @@ buffers (batch-norm statistics), as FedAvg's does.
 
 Choices and deviations:
 - ``num_clients`` is N of the c update. The algorithm is not told the federation size, so it is an
-  option; 0 (the default) uses |S|/N = 1, i.e. c ← c + mean Δc (what METHODS.md §2 and the
-  released SPATL code do). Set it to ``data.num_clients`` for the paper's rule.
+  option; 0 (the default) uses |S|/N = 1, i.e. c ← c + mean Δc (what the released SPATL code does;
+  docs/methods.md §2). Set it to ``data.num_clients`` for the paper's rule.
 - ``weighting = "uniform"`` (the paper's 1/|S| mean) by default; ``"samples"`` weights Δy by n_i
   as FedAvg does. Δc is always a plain mean (c tracks the mean of the c_i).
 - The correction is added to the gradient before the optimizer step, so momentum and weight decay

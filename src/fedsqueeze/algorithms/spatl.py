@@ -1,5 +1,5 @@
 """SPATL: Yu, Nguyen, Abebe, Qian, Anwar, Jannesari. "SPATL: Salient Parameter Aggregation and Transfer
-Learning for Heterogeneous Federated Learning". SC22. arXiv 2111.14345. (METHODS.md §2.)
+Learning for Heterogeneous Federated Learning". SC22. arXiv 2111.14345. (docs/methods.md §2.)
 
 Model = shared ``encoder`` (federated) + local ``head`` (the predictor: never sent, kept in the
 client state, as in FedPer). Per round, on a sampled client:

@@ -1,4 +1,4 @@
-"""Rate–distortion limits a codec is measured against (METHODS.md, "The physical limit for a codec").
+"""Rate–distortion limits a codec is measured against (docs/methods.md, "The limit a codec is measured against").
 
 - Gaussian source of variance σ²: D(R) = σ²·2^(−2R), R(D) = max(0, ½·log2(σ²/D)). For several
   independent Gaussian layers the limit at a total distortion is reverse water-filling

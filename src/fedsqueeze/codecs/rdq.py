@@ -1,7 +1,7 @@
 """RDQ: one-step-size scalar quantisation + a universal (Elias-γ) or ANS code, step chosen by R–D vote.
 
 Mitchell, Ballé, Charles, Konečný. "Optimizing the Communication-Accuracy Trade-off in Federated
-Learning with Rate-Distortion Theory". arXiv 2201.02664 (2022). METHODS.md §5.
+Learning with Rate-Distortion Theory". arXiv 2201.02664 (2022). docs/methods.md §5.
 
 Quantiser (per tensor, in units of the step u actually used)::
 

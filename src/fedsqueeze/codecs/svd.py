@@ -1,7 +1,7 @@
 """FedKD's dynamic SVD: each matrix as its smallest truncated SVD that keeps a fraction T of the energy.
 
 Wu, Wu, Lyu, Huang, Xie. "Communication-efficient federated learning via knowledge distillation".
-Nature Communications 13:2032 (2022). arXiv 2108.13323. (METHODS.md §1.)
+Nature Communications 13:2032 (2022). arXiv 2108.13323. (docs/methods.md §1.)
 
 Every float tensor with two or more dimensions is reshaped to ``(out, in·k·k)`` (first dimension
 against the rest) and factorised ``W = U Σ Vᵀ``; the rank kept is the smallest ``K >= 1`` with
