@@ -177,3 +177,12 @@ def test_wheel_contents_and_run_outside_checkout(tmp_path):  # ~9 s: not marked 
                        env=env, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert (work / "run" / "summary.csv").is_file()
+
+
+def test_flower_app_declares_the_extras_its_nodes_need():
+    from fedsqueeze.config import load_config
+    from fedsqueeze.flower.app_template import pyproject
+
+    assert "fedsqueeze[flower,digits]" in pyproject(load_config("digits-flower"))["project"]["dependencies"]
+    deps = pyproject(load_config("fmnist-demo"))["project"]["dependencies"]
+    assert "fedsqueeze[flower]" in deps  # no scikit-learn, no matplotlib on the SuperNodes

@@ -27,6 +27,12 @@ def project_name(cfg: Config) -> str:
     return "fedsqueeze-" + (re.sub(r"[^a-z0-9]+", "-", cfg.name.lower()).strip("-") or "experiment")
 
 
+def app_extras(cfg: Config) -> str:
+    """The fedsqueeze extras a deployment of ``cfg`` needs: flower, plus digits for the digits source
+    (scikit-learn on every SuperNode). Not plots: the server skips its PNG without matplotlib."""
+    return "flower,digits" if cfg.data.source == "digits" else "flower"
+
+
 def pyproject(cfg: Config, *, run_dir: str = "") -> dict[str, Any]:
     return {
         "build-system": {"requires": ["setuptools>=68"], "build-backend": "setuptools.build_meta"},
@@ -35,7 +41,7 @@ def pyproject(cfg: Config, *, run_dir: str = "") -> dict[str, Any]:
             "description": f"fedsqueeze experiment {cfg.name!r} on Flower's Deployment Engine",
             # needed on the SuperLink and every SuperNode; installed there beforehand (the SuperLink
             # runs with --disable-runtime-dependency-installation)
-            "dependencies": ["fedsqueeze[flower]", f"flwr=={FLWR_VERSION}"],
+            "dependencies": [f"fedsqueeze[{app_extras(cfg)}]", f"flwr=={FLWR_VERSION}"],
         },
         "tool": {"flwr": {"app": {
             "publisher": "fedsqueeze",
@@ -94,7 +100,7 @@ def readme(cfg: Config, *, superlink: str, insecure: bool, ca: str, auth: bool =
 Experiment: {cfg.algorithm_name} on {cfg.model.name}, {cfg.data.source} split into {n} clients,
 codec up `{cfg.codec.up}`, down `{cfg.codec.down}`, {cfg.rounds} rounds. The experiment config is
 `[tool.flwr.app.config]` in `pyproject.toml`; results are written on the SuperLink host to
-`deploy.run-dir`. fedsqueeze (`pip install 'fedsqueeze[flower]'`) must be installed wherever the
+`deploy.run-dir`. fedsqueeze (`pip install 'fedsqueeze[{app_extras(cfg)}]'`) must be installed wherever the
 SuperLink and the SuperNodes run.
 {warn}
 ```bash
