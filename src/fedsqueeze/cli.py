@@ -60,6 +60,8 @@ def cmd_run(args) -> int:
         overrides.append(f'data.dir="{args.data_dir}"')
     if args.workers is not None:
         overrides.append(f"engine.workers={args.workers}")
+    if getattr(args, "vectorize", False):
+        overrides.append("engine.vectorize=true")
     if args.rounds is not None:
         overrides.append(f"rounds={args.rounds}")
     if args.resume:
@@ -246,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     r.add_argument("--data-dir", help="where the dataset files are")
     r.add_argument("--workers", type=int, help="client worker processes (0 = in process)")
+    r.add_argument("--vectorize", action="store_true", help="train a step's clients together (engine.vectorize)")
     r.add_argument("--rounds", type=int, help="number of rounds (shortcut for --set rounds=N)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--budget-mb", type=float, metavar="MB",
@@ -288,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("kind", nargs="?", help="algorithms | codecs | models | datasets | partitioners")
     ls.set_defaults(func=cmd_list)
 
-    b = sub.add_parser("bench", help="benchmarks (engine speed, codecs)", description="Benchmarks.")
+    b = sub.add_parser("bench", help="benchmarks (engine speed, codecs, vectorised clients)", description="Benchmarks.")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
     be = bsub.add_parser("engine", help="engine wall time per round vs a plain PyTorch loop",
                          description="FedAvg on Fashion-MNIST: the engine vs a plain PyTorch loop doing the same "
@@ -371,6 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--skip-memory", action="store_true", help="speed only")
     bt.add_argument("--out", default="runs/bench-throughput", help="folder for throughput.csv and memory.csv")
     bt.set_defaults(func=lambda a: __import__("fedsqueeze.bench.throughput", fromlist=["main"]).main(a))
+    bv = bsub.add_parser("vectorize", help="local training of N clients, sequential vs vectorised (engine.vectorize)",
+                         description="The same clients' local SGD on synthetic 1x28x28 data, the sequential loop vs "
+                                     "torch.func.vmap (fedsqueeze.engine.vectorized), alternated; medians of client-steps/s, "
+                                     "the ratio and max|dw|.")
+    bv.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cpu (default cpu)")
+    bv.add_argument("--model", default="mlp", help="mlp, cnn or mlp,cnn (default mlp)")
+    bv.add_argument("--clients", type=int, help="clients (default 100 for mlp, 50 for cnn)")
+    bv.add_argument("--steps", type=int, default=15, help="local SGD steps per client (default 15)")
+    bv.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    bv.add_argument("--repeats", type=int, default=3, help="timed repeats per side (default 3)")
+    bv.set_defaults(func=lambda a: __import__("fedsqueeze.bench.vectorize", fromlist=["main"]).main(a))
     _add_flower(sub)
     return p
 

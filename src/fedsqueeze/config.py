@@ -80,6 +80,7 @@ class EngineConfig:
     # simulated faults (off by default; deterministic in (seed, round, step, client)): fedsqueeze.engine.faults
     dropout: float = 0.0              # simulation: probability a sampled client does not reply (per attempt)
     straggler: float = 0.0            # simulation: probability a client misses the step's deadline (per attempt)
+    vectorize: bool = False           # in process: train a step's clients together (torch.func.vmap); engine.vectorized
     faults: dict = field(default_factory=dict)  # testing: {"nan"|"raise"|"shape"|"scale": probability per step}
 
 

@@ -112,6 +112,15 @@ class Runtime:
         """Encoded uploads, new stored state, sample count and metrics; the metrics carry
         ``COMPUTE_KEY``, this client's wall seconds (the engine moves it to the round's ``client_s``)."""
         t0 = time.perf_counter()
+        ctx, down, stored, mirror = self.open_client(client, rnd, step, down, stored)
+        reply = self.algo.client_update(ctx, down, stored.get("algo"))
+        return self.close_client(ctx, reply, stored, mirror, t0)
+
+    def open_client(self, client: int, rnd: int, step: int, down: Messages,
+                    stored: dict | None) -> tuple[ClientContext, Messages, dict, Messages | None]:
+        """Before ``client_update``: (context, the decoded downlink this client sees, stored state, delta
+        mirror or None). ``engine.vectorized`` opens every client of a step, trains them together, then
+        closes each."""
         stored = stored or {}
         mirror = None
         if self.cfg.codec.downlink == "delta":  # the payloads carried the difference to our copy
@@ -119,7 +128,12 @@ class Runtime:
             down = mirror = apply(stored.get("mirror") or reference(self), down)
         ctx = ClientContext(client, rnd, step, self.client_data(client), self.cfg.train, self.module,
                             self.cfg.seed, self.initial_weights)
-        reply = self.algo.client_update(ctx, down, stored.get("algo"))
+        return ctx, down, stored, mirror
+
+    def close_client(self, ctx: ClientContext, reply, stored: dict, mirror: Messages | None,
+                     t0: float) -> tuple[dict[str, bytes], dict | None, int, dict[str, float]]:
+        """After ``client_update``: faults, encoding with the uplink codecs, the new stored state."""
+        client, rnd, step = ctx.client, ctx.round, ctx.step
         fault = faults.client_fault(self.cfg, rnd, step, client)  # None unless engine.faults is set
         up = faults.corrupt(fault, reply.up) if fault in ("shape", "scale") else reply.up
         codec_states: dict[str, Any] = dict(stored.get("codec", {}))

@@ -29,7 +29,7 @@ from fedsqueeze.algorithms.base import Messages, Reply
 from fedsqueeze.config import Config, from_dict, to_toml
 from fedsqueeze.data.partition import Partition, describe, make_partition
 from fedsqueeze.data.sources import Dataset
-from fedsqueeze.engine import delta, faults
+from fedsqueeze.engine import delta, faults, vectorized
 from fedsqueeze.engine.atomic import atomic_write_bytes, crash_point, remove_temp_files
 from fedsqueeze.engine.checkpoint import restore_checkpoint, save_checkpoint
 from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy
@@ -88,6 +88,7 @@ class Simulation:
                               "per round; lower engine.min_replies or raise train.clients_per_round")
         self._max_numel = 4 * self.runtime.model_numel() + 4096
         delta.check(cfg, self.algo)
+        vectorized.check(cfg, self.algo)
         self.delta = cfg.codec.downlink == "delta"
         self.mirrors: delta.ServerMirrors | None = None
         self.warnings: list[str] = []
@@ -393,6 +394,9 @@ class Simulation:
                              for k, p in payloads.items()})
             return down[0]
 
+        if self.cfg.engine.vectorize:  # the training of all of them at once (engine.vectorized)
+            return vectorized.run_clients(self.runtime, clients, rnd, step, [decoded(c) for c in clients],
+                                          [self.store.get(c) for c in clients])
         return [run_client_safely(self.runtime, c, rnd, step, decoded(c), self.store.get(c)) for c in clients]
 
     # ---- evaluation & accounting ------------------------------------------------------------------------
