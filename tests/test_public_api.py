@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import subprocess
 import sys
@@ -23,6 +24,13 @@ from fedsqueeze.codecs.topk import TopK
 from fedsqueeze.errors import ConfigError, DataError, RegistryError
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    """This checkout's package first, whatever the working directory."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
 
 
 class TinyNet(nn.Module):
@@ -199,7 +207,7 @@ def test_resume_refused_for_unregistered_local_class(tmp_path):
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == before
     # the CLI says the same in one line
     out = subprocess.run([sys.executable, "-m", "fedsqueeze", "run", "--resume", str(tmp_path / "r")],
-                         capture_output=True, text=True, cwd=ROOT)
+                         capture_output=True, text=True, cwd=ROOT, env=_env())
     assert out.returncode != 0
     assert "cannot be rebuilt" in out.stderr + out.stdout
 
@@ -375,6 +383,6 @@ def test_every_export_exists_and_is_documented():
 @pytest.mark.parametrize("script", ["own_model_and_data.py", "own_codec.py"])
 def test_examples_run(tmp_path, script):
     out = subprocess.run([sys.executable, str(ROOT / "examples" / script), str(tmp_path / "runs")],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120, env=_env())
     assert out.returncode == 0, out.stderr[-2000:]
     assert "accuracy" in out.stdout
