@@ -386,3 +386,18 @@ def test_examples_run(tmp_path, script):
                          capture_output=True, text=True, cwd=tmp_path, timeout=120, env=_env())
     assert out.returncode == 0, out.stderr[-2000:]
     assert "accuracy" in out.stdout
+
+
+def test_codec_object_run_resumes_from_the_command_line(tmp_path):
+    from conftest import digits_config
+
+    cfg = digits_config(rounds=1, data__num_clients=4, train__clients_per_round=2)
+    fedsqueeze.run(cfg, codec_up=TopK(fraction=0.1), run_dir=tmp_path / "r", plot=False)
+    assert "topk(fraction=0.1" in (tmp_path / "r" / "summary.csv").read_text()
+    out = subprocess.run([sys.executable, "-m", "fedsqueeze", "run", "--resume", str(tmp_path / "r"), "--rounds", "2",
+                          "--quiet"], capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import csv
+
+    row = next(csv.DictReader((tmp_path / "r" / "summary.csv").open()))
+    assert row["codec_up"].startswith("topk(fraction=0.1") and row["rounds"] == "2"

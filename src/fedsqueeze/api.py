@@ -121,7 +121,11 @@ def _raw_config(config: Config | dict | str | Path | None) -> dict:
     if config is None:
         return {}
     if isinstance(config, Config):
-        return _plain(config)
+        raw = _plain(config)
+        t, d = raw["train"], raw["data"]
+        if not t["client_fraction"] and t["clients_per_round"] > d["num_clients"]:
+            del t["clients_per_round"]  # as a config file that leaves it out: all clients take part
+        return raw
     if isinstance(config, dict):
         return _plain(config)
     p = Path(config)
