@@ -14,7 +14,7 @@ def global_accuracy(runtime: Any, algo: Any, server_state: Any, dataset: Any,
                     bs: int) -> tuple[float | None, float | None]:
     """(accuracy, mean loss) of the algorithm's global model on the test set; (None, None) without one."""
     gm = algo.global_model(server_state)
-    if gm is None:
+    if gm is None or len(dataset.y_test) == 0:
         return None, None
     model = runtime.module(gm[0])
     model.load_state_dict(gm[1], strict=False)

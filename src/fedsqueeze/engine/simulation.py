@@ -47,6 +47,10 @@ Callback = Callable[[dict], None]
 
 
 def load_dataset(cfg: Config) -> Dataset:
+    if cfg.data.source.startswith("object:"):
+        raise DataError(f"data.source {cfg.data.source!r} was a FederatedData passed to fedsqueeze.run(data=...) "
+                        "and cannot be rebuilt from the config; pass it again with data=, or register a loader "
+                        "with fedsqueeze.register_dataset and use its name")
     loader = DATASETS.get(cfg.data.source)
     opts = dict(cfg.data.options)
     if cfg.data.dir:
@@ -56,6 +60,9 @@ def load_dataset(cfg: Config) -> Dataset:
 
 def build_partition(cfg: Config, dataset: Dataset) -> Partition:
     d = cfg.data
+    from fedsqueeze.data.federated import FederatedData
+    if isinstance(dataset, FederatedData):  # own data: its own clients or partitioner
+        return dataset.partition(d.num_clients, seed=cfg.seed, holdout_fraction=d.holdout_fraction)
     # groups: the dataset's own clients, if it defines them (for partition = "natural")
     params = {"alpha": d.alpha, "shards_per_client": d.shards_per_client,
               "groups": getattr(dataset, "groups", None)}
