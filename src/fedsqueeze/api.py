@@ -23,12 +23,19 @@ import numpy as np
 import torch
 
 from fedsqueeze.config import Config, apply_overrides, from_dict, load_config
+from fedsqueeze.engine import rundir
 from fedsqueeze.errors import ConfigError, DataError
 from fedsqueeze.metrics.results import Result
 
 
 def default_run_dir(cfg: Config) -> Path:
-    return Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``<output_dir>/<name>-<timestamp>`` (``-2``, ``-3``, ... if that folder exists already)."""
+    base = Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 @contextlib.contextmanager
@@ -155,7 +162,7 @@ def _check_rebuildable(cfg: Config, dataset: Any) -> None:
 def run(config: Config | dict | str | Path | None = None, *, model: Any = None, data: Any = None,
         codec_up: Any = None, codec_down: Any = None, algorithm: Any = None,
         run_dir: str | Path | None = None, overrides: list[str] | None = None,
-        resume: bool = False, progress: Any = None, dataset: Any = None, threads: int = 1, plot: bool = True,
+        resume: bool = False, overwrite: bool = False, progress: Any = None, dataset: Any = None, threads: int = 1, plot: bool = True,
         log: Any = None) -> Result:
     """Run one experiment on the embedded simulation engine.
 
@@ -168,6 +175,11 @@ def run(config: Config | dict | str | Path | None = None, *, model: Any = None, 
     round's record; ``log``: a callable given one-line messages (the partition summary). ``threads``:
     torch intra-op threads during the run (1 is fastest on small machines; parallelism comes from
     ``engine.workers`` processes); the caller's setting is restored afterwards, as are the RNG states.
+    An existing run folder is refused unless ``resume=True`` or ``overwrite=True`` (which replaces that
+    run's own files and keeps any others); a non-empty folder that is not a run is refused unless
+    ``overwrite=True``, and even then none of its files is deleted or written over. The folder is
+    created only once the config, data and model are validated, and is locked while the run lasts:
+    a second run on it fails at once (``fedsqueeze.engine.rundir``).
     ``dataset``: the older spelling of ``data`` for a ``Dataset`` that replaces the config's source
     as-is (the config's ``data.source`` is kept).
     """
@@ -177,14 +189,14 @@ def run(config: Config | dict | str | Path | None = None, *, model: Any = None, 
         names = _Names()
         try:
             return _run(config, names, model=model, data=data, codec_up=codec_up, codec_down=codec_down,
-                        algorithm=algorithm, run_dir=run_dir, overrides=overrides, resume=resume,
+                        algorithm=algorithm, run_dir=run_dir, overrides=overrides, resume=resume, overwrite=overwrite,
                         progress=progress, dataset=dataset, threads=threads, plot=plot, log=log)
         finally:
             names.close()
 
 
 def _run(config: Any, names: _Names, *, model: Any, data: Any, codec_up: Any, codec_down: Any, algorithm: Any,
-         run_dir: Any, overrides: Any, resume: bool, progress: Any, dataset: Any, threads: int, plot: bool,
+         run_dir: Any, overrides: Any, resume: bool, overwrite: bool, progress: Any, dataset: Any, threads: int, plot: bool,
          log: Any) -> Result:
     from fedsqueeze.data.federated import FederatedData
     from fedsqueeze.data.sources import Dataset
@@ -229,12 +241,15 @@ def _run(config: Any, names: _Names, *, model: Any, data: Any, codec_up: Any, co
     if resume and run_dir is None:
         raise ConfigError("resume needs the run directory to continue")
     _check_rebuildable(cfg, dataset)
+    folder = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    rundir.check_target(folder, resume=resume, overwrite=overwrite)  # before anything is loaded or made
     torch.set_num_threads(threads)
-    sim = Simulation(cfg, run_dir or default_run_dir(cfg), dataset=dataset, progress=progress, log=log)
-    result = sim.run(resume=resume)
-    if plot:
-        from fedsqueeze.metrics.plots import plot_runs
-        plot_runs([sim.run_dir], sim.run_dir / "accuracy_vs_mb.png", title=cfg.name)
+    sim = Simulation(cfg, folder, dataset=dataset, progress=progress, log=log)  # validates; creates nothing
+    with rundir.claim(folder, resume=resume, overwrite=overwrite):
+        result = sim.run(resume=resume)
+        if plot:
+            from fedsqueeze.metrics.plots import plot_runs
+            plot_runs([sim.run_dir], sim.run_dir / "accuracy_vs_mb.png", title=cfg.name)
     result.warnings = sim.warnings  # type: ignore[attr-defined]
     return result
 

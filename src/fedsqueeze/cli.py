@@ -64,6 +64,11 @@ def cmd_run(args) -> int:
         overrides.append("engine.vectorize=true")
     if args.rounds is not None:
         overrides.append(f"rounds={args.rounds}")
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise FedsqueezeError(f"--resume {args.resume} continues that run in its own folder; --out {args.out} "
+                              "contradicts it: drop --out (or start a new run with CONFIG --out)")
+    if args.resume and args.overwrite:
+        raise FedsqueezeError("--resume continues a run and --overwrite replaces it; pass one of them")
     if args.resume:
         run_dir = Path(args.resume)
         cfg = fedsqueeze.api.run_config(run_dir, overrides)
@@ -78,6 +83,9 @@ def cmd_run(args) -> int:
             from fedsqueeze.compare.budget import plan_budget
             cfg, plan = plan_budget(cfg, args.budget_mb)
             console.print(plan.describe(cfg.rounds, cfg.train.clients_per_round))
+    if run_dir is not None:  # refusals (an existing run, a user's folder, a run in progress) before any output
+        from fedsqueeze.engine.rundir import check_target
+        check_target(run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     console.print(f"[bold]fedsqueeze[/] {cfg.name}: {cfg.algorithm_name} · {cfg.model.name} · {cfg.data.source} "
                   f"({cfg.data.num_clients} clients, {cfg.data.partition}) · up={cfg.codec.up} down={cfg.codec.down}")
     progress = None
@@ -86,7 +94,8 @@ def cmd_run(args) -> int:
         prog, progress = _progress_printer(cfg.rounds, console)
         prog.start()
     try:
-        result = fedsqueeze.run(cfg, run_dir=run_dir, resume=bool(args.resume), progress=progress,
+        result = fedsqueeze.run(cfg, run_dir=run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+                                progress=progress,
                                 log=lambda msg: console.print(f"[dim]{msg}[/]"))
     finally:
         if prog is not None:
@@ -155,7 +164,7 @@ def cmd_personal(args) -> int:
 def cmd_plot(args) -> int:
     from fedsqueeze.metrics.plots import plot_runs
 
-    out = Path(args.out) if args.out else Path(args.runs[0]) / "comparison.png"
+    out = Path(args.out) if args.out else Path("comparison.png")  # never inside a run: reports leave runs as they are
     plot_runs([Path(r) for r in args.runs], out, metric=args.metric, title=args.title)
     print(f"wrote {out}")
     return 0
@@ -244,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", nargs="?", help="experiment TOML file")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=0.1 --set codec.up='topk(fraction=0.01)'")
-    r.add_argument("--out", help="run directory (default: <output_dir>/<name>-<timestamp>)")
+    r.add_argument("--out", help="run directory (default: <output_dir>/<name>-<timestamp>); an existing run "
+                                 "there is refused unless --resume or --overwrite")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its own files only; other files are kept, and a "
+                        "folder that is not a run is never written over)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     r.add_argument("--data-dir", help="where the dataset files are")
     r.add_argument("--workers", type=int, help="client worker processes (0 = in process)")
@@ -281,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="plot accuracy vs MB and vs rounds for one or more runs",
                         description="Plot one or more run directories on one chart (PNG).")
     pl.add_argument("runs", nargs="+", help="run directories")
-    pl.add_argument("--out", help="output PNG (default: <first run>/comparison.png)")
+    pl.add_argument("--out", help="output PNG (default: comparison.png in the current folder)")
     pl.add_argument("--metric", default="global_acc", choices=["global_acc", "personal_acc"])
     pl.add_argument("--title")
     pl.set_defaults(func=cmd_plot)

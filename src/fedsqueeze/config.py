@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,34 @@ from pathlib import Path
 from typing import Any
 
 from fedsqueeze.errors import ConfigError
+
+# Names that become a path component (a run's ``name``, a suite's name, its run names, network
+# profile names): ASCII letters, digits and ``-_.+=,@`` and space, starting with a letter, digit or
+# ``_`` (so never ``.``, ``..`` or a hidden file), not ending in a space, at most 100 characters.
+# No path separators, no control characters: only ``--out`` / ``output_dir`` choose locations.
+NAME_MAX = 100
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9 _.+=,@-]*[A-Za-z0-9_.+=,@-])?")
+
+
+def check_name(value: Any, key: str) -> str:
+    """``value`` if it is a safe name (see ``NAME_MAX``), else a one-line ConfigError naming ``key``."""
+    fix = (f"use letters, digits, '-', '_', '.', '+', '=', ',', '@' or spaces (up to {NAME_MAX} characters, "
+           "starting with a letter, digit or '_'); folders are chosen with --out / output_dir")
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string name, got {value!r}; {fix}")
+    if not value:
+        raise ConfigError(f"{key} is empty; {fix}")
+    if len(value) > NAME_MAX:
+        raise ConfigError(f"{key} is {len(value)} characters long; {fix}")
+    if not _SAFE_NAME.fullmatch(value):
+        bad = next((c for c in value if not re.fullmatch(r"[A-Za-z0-9 _.+=,@-]", c)), None)
+        why = (f"contains {bad!r}" if bad is not None
+               else "is '.' or '..'" if value in (".", "..")
+               else f"may not start with {value[0]!r}" if not re.fullmatch(r"[A-Za-z0-9_]", value[0])
+               else "may not end with a space")
+        raise ConfigError(f"{key} = {value[:40]!r}{'...' if len(value) > 40 else ''} {why}; it names a folder, "
+                          f"not a path: {fix}")
+    return value
 
 
 @dataclass
@@ -206,6 +235,7 @@ def from_dict(raw: dict) -> Config:
     if "name" not in cfg.algorithm or not isinstance(cfg.algorithm["name"], str):
         raise ConfigError("the [algorithm] table needs a string 'name', e.g. name = \"fedavg\"")
     _check_faults(cfg.engine.faults)
+    check_name(cfg.name, "config key 'name'")
     return cfg
 
 

@@ -2,13 +2,13 @@
 
 Each run lives in ``OUT/<suite>/<run>/`` (a normal run folder). A finished run whose saved config
 equals the planned one is skipped; an interrupted one resumes from its checkpoint; a folder made
-with a different config is refused unless the run is named in ``rerun`` (then it starts afresh).
+with a different config is refused unless the run is named in ``rerun`` (then it starts afresh: its
+own files are replaced, nothing outside its folder is touched — see ``fedsqueeze.engine.rundir``).
 """
 from __future__ import annotations
 
 import json
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +18,7 @@ from typing import Any
 from fedsqueeze.compare import table as tbl
 from fedsqueeze.compare.suite import RunSpec, Suite
 from fedsqueeze.config import Config, from_dict
+from fedsqueeze.engine import rundir
 from fedsqueeze.errors import ConfigError
 
 # config keys that do not change results: the run's name and where/how it is executed
@@ -83,13 +84,14 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, reru
     chosen = [r for r in suite.runs if not only or r.name in only]
     for i, spec in enumerate(chosen, 1):
         run_dir = out_dir / spec.name
+        if not rundir.inside(run_dir, out_dir):  # names are checked by load_suite; belt and braces
+            raise ConfigError(f"suite run {spec.name!r} would live outside {out_dir}; rename it")
         cfg, note = plan(spec, workers)
         state = status(run_dir, cfg)
         if state == "changed" and spec.name not in rerun:
             raise ConfigError(f"{run_dir} was made with a different config than suite run {spec.name!r} now has; "
                               f"pass --rerun {spec.name} to start it afresh (or delete the folder)")
-        if spec.name in rerun and run_dir.exists():
-            shutil.rmtree(run_dir)
+        if spec.name in rerun:  # replace the run's own files, inside its folder only (nothing is rmtree'd)
             state = "fresh"
         head = f"[{i}/{len(chosen)}] {spec.name}"
         if state == "done":
@@ -104,7 +106,9 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, reru
             prog, update = progress_factory(cfg)
             prog.start()
         try:
-            fedsqueeze.run(cfg, run_dir=run_dir, resume=state == "resume", progress=update, plot=False)
+            # "fresh" over an existing folder: this run's own leftovers (same config, no checkpoint) or --rerun
+            fedsqueeze.run(cfg, run_dir=run_dir, resume=state == "resume", overwrite=state == "fresh",
+                           progress=update, plot=False)
         finally:
             if prog is not None:
                 prog.stop()

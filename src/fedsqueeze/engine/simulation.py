@@ -29,7 +29,7 @@ from fedsqueeze.algorithms.base import Messages, Reply
 from fedsqueeze.config import Config, from_dict, to_toml
 from fedsqueeze.data.partition import Partition, describe, make_partition
 from fedsqueeze.data.sources import Dataset
-from fedsqueeze.engine import delta, faults, vectorized
+from fedsqueeze.engine import delta, faults, rundir, vectorized
 from fedsqueeze.engine.atomic import atomic_write_bytes, crash_point, remove_temp_files
 from fedsqueeze.engine.checkpoint import restore_checkpoint, save_checkpoint
 from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy
@@ -75,8 +75,7 @@ class Simulation:
                  callbacks: list[Callback] | None = None, progress: Any = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = Path(run_dir)  # created by start(): nothing on disk until everything validated
         self.dataset = dataset if dataset is not None else load_dataset(cfg)
         if cfg.data.num_clients > len(self.dataset.y_train):
             raise DataError(f"data.num_clients = {cfg.data.num_clients} exceeds the {len(self.dataset.y_train)} "
@@ -108,6 +107,12 @@ class Simulation:
     # ---- setup / resume ----------------------------------------------------------------------------
     def start(self, *, resume: bool = False) -> None:
         """Initialise (or restore) server state, ledger, history and client store."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("clients", "mirrors"):  # state files are deleted there: they must be the run's own
+            path = self.run_dir / sub
+            if path.is_symlink() or (path.exists() and not rundir.inside(path, self.run_dir)):
+                raise FedsqueezeError(f"{path} is a link out of the run folder; a run deletes old state files "
+                                      "there, so it must be a plain folder: remove the link")
         for folder in (self.run_dir, self.run_dir / "clients", self.run_dir / "mirrors"):
             if folder.is_dir():
                 remove_temp_files(folder)  # left by a write that a crash interrupted
@@ -164,6 +169,25 @@ class Simulation:
         self.writer.rewrite_rounds(self.history)
         self.rejections.trim(ckpt["round"])
         return True
+
+    def load_readonly(self) -> None:
+        """Restore the last checkpoint for reading (``fedsqueeze personal``): nothing in the run folder
+        is created, renamed, rewritten or deleted; a corrupt checkpoint is a one-line error."""
+        from fedsqueeze.engine.checkpoint import load_checkpoint
+
+        ckpt, warnings = load_checkpoint(self.run_dir)
+        if warnings:
+            raise FedsqueezeError(f"{warnings[0].split(';')[0]}; `fedsqueeze run --resume {self.run_dir}` "
+                                  "recovers from the previous checkpoint (reports never modify a run)")
+        if ckpt is None:
+            raise FedsqueezeError(f"{self.run_dir} has no readable checkpoint; personal reports need "
+                                  "engine.checkpoint_every > 0")
+        self.server_state = ckpt["server_state"]
+        self.down_codec_state = ckpt["down_codec_state"]
+        self.ledger = Ledger.from_state(ckpt["ledger"])
+        self.history = ckpt["history"]
+        self.store = ClientStateStore(self.run_dir / "clients", ckpt["client_index"], create=False)
+        self.start_round = ckpt["round"] + 1
 
     def _checkpoint(self, rnd: int) -> None:
         save_checkpoint(self.run_dir, {

@@ -18,9 +18,10 @@ from fedsqueeze.engine.atomic import atomic_torch_save
 
 
 class ClientStateStore:
-    def __init__(self, directory: str | Path, index: dict[int, int] | None = None) -> None:
+    def __init__(self, directory: str | Path, index: dict[int, int] | None = None, *, create: bool = True) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.index: dict[int, int] = dict(index or {})
         self._dirty: dict[int, Any] = {}
 

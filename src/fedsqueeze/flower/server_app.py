@@ -268,9 +268,13 @@ def run_server(grid: Any, run_config: dict) -> Any:
 
     log(f"{cfg.name}: {cfg.algorithm_name} on {cfg.model.name}, up={cfg.codec.up} down={cfg.codec.down}, "
         f"results in {run_dir.resolve()}")
-    server = FlowerServer(cfg, run_dir, grid, progress=_progress(cfg), log=log)
-    result = server.run()
-    plot_runs([run_dir], run_dir / "accuracy_vs_mb.png", title=cfg.name)
+    from fedsqueeze.engine.rundir import RunLock
+
+    server = FlowerServer(cfg, run_dir, grid, progress=_progress(cfg), log=log)  # validates; creates nothing
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):  # one server per run folder
+        result = server.run()
+        plot_runs([run_dir], run_dir / "accuracy_vs_mb.png", title=cfg.name)
     s = result.summary()
     acc = "—" if s["final_acc"] is None else f"{100 * s['final_acc']:.2f}%"
     log(f"done: final acc {acc}, {s['mb_up']:.3f} MB up, {s['mb_down']:.3f} MB down, "
