@@ -20,8 +20,9 @@ from fedsqueeze.compare.suite import RunSpec, Suite
 from fedsqueeze.config import Config, from_dict
 from fedsqueeze.errors import ConfigError
 
-# config keys that do not change results: the run's name and where/how it is executed
-_NEUTRAL = ("name", "output_dir", "engine.workers")
+# config keys that do not change results: the run's name and where/how it is executed (the device
+# changes floating-point rounding only: a run finished on one device counts as done on another)
+_NEUTRAL = ("name", "output_dir", "engine.workers", "engine.device", "engine.devices")
 
 
 def _comparable(cfg: dict) -> dict:
@@ -40,7 +41,7 @@ def _comparable(cfg: dict) -> dict:
     return cfg
 
 
-def plan(spec: RunSpec, workers: int | None) -> tuple[Config, str]:
+def plan(spec: RunSpec, workers: int | None, device: str | None = None) -> tuple[Config, str]:
     cfg = spec.config
     note = ""
     if spec.budget_mb:
@@ -50,6 +51,10 @@ def plan(spec: RunSpec, workers: int | None) -> tuple[Config, str]:
     if workers is not None:
         raw = cfg.to_dict()
         raw["engine"]["workers"] = workers
+        cfg = from_dict(raw)
+    if device is not None:
+        raw = cfg.to_dict()
+        raw["engine"]["device"] = device
         cfg = from_dict(raw)
     return cfg, note
 
@@ -70,7 +75,7 @@ def status(run_dir: Path, cfg: Config) -> str:
     return "resume" if (run_dir / "checkpoint.pt").exists() or (run_dir / "checkpoint.prev.pt").exists() else "fresh"
 
 
-def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, rerun: tuple[str, ...] = (),
+def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, device: str | None = None, rerun: tuple[str, ...] = (),
               only: tuple[str, ...] = (), console: Any = None,
               progress_factory: Callable[[Config], tuple[Any, Any]] | None = None) -> dict[str, Any]:
     import fedsqueeze
@@ -83,7 +88,7 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, reru
     chosen = [r for r in suite.runs if not only or r.name in only]
     for i, spec in enumerate(chosen, 1):
         run_dir = out_dir / spec.name
-        cfg, note = plan(spec, workers)
+        cfg, note = plan(spec, workers, device)
         state = status(run_dir, cfg)
         if state == "changed" and spec.name not in rerun:
             raise ConfigError(f"{run_dir} was made with a different config than suite run {spec.name!r} now has; "
