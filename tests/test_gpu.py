@@ -25,6 +25,8 @@ from fedsqueeze.metrics.results import TIMING_FIELDS
 from fedsqueeze.registry import ALGORITHMS
 
 pytestmark = pytest.mark.gpu
+# deterministic cuBLAS needs this before its first use in the process (runs set it too; see docs/gpu.md)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 DEVICE = os.environ.get("FEDSQUEEZE_GPU_TESTS_ON", "cuda")
 CHANCE = 0.1  # digits: 10 classes
 

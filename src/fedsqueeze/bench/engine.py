@@ -178,7 +178,7 @@ def main(args) -> int:
 
     from fedsqueeze.bench.report import print_environment
 
-    console = Console()
+    console = Console(width=150)
     torch.set_num_threads(1)
     console.print("[bold]bench engine[/]: FedAvg round, engine vs plain PyTorch loop (alternated, medians)")
     print_environment(console)
@@ -189,7 +189,7 @@ def main(args) -> int:
                             rounds=args.rounds, data=data, device=getattr(args, "device", None) or "cpu"))
     t = Table(title="engine vs plain PyTorch (s per round, median)")
     for col in ("model", "device", "clients/round", "rounds", "engine s", "plain s", "engine/plain", "max |Δw|",
-                "eval s (test set)"):
+                "eval s"):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(r["model"], r["device"], str(r["clients_per_round"]), str(r["rounds"]),
