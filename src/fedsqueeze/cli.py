@@ -69,6 +69,8 @@ def cmd_run(args) -> int:
                               "contradicts it: drop --out (or start a new run with CONFIG --out)")
     if args.resume and args.overwrite:
         raise FedsqueezeError("--resume continues a run and --overwrite replaces it; pass one of them")
+    if args.device:
+        overrides.append(f'engine.device="{args.device}"')
     if args.resume:
         run_dir = Path(args.resume)
         cfg = fedsqueeze.api.run_config(run_dir, overrides)
@@ -123,7 +125,7 @@ def cmd_compare(args) -> int:
     def progress_factory(cfg):
         return _progress_printer(cfg.rounds, console) if not args.quiet else (_Quiet(), None)
 
-    run_suite(suite, args.out, workers=args.workers, rerun=tuple(args.rerun or ()), only=tuple(args.only or ()),
+    run_suite(suite, args.out, workers=args.workers, device=args.device, rerun=tuple(args.rerun or ()), only=tuple(args.only or ()),
               console=console, progress_factory=progress_factory)
     return 0
 
@@ -263,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="client worker processes (0 = in process)")
     r.add_argument("--vectorize", action="store_true", help="train a step's clients together (engine.vectorize)")
     r.add_argument("--rounds", type=int, help="number of rounds (shortcut for --set rounds=N)")
+    r.add_argument("--device", help="where clients train and models are evaluated: auto (CUDA if available), cpu, cuda, cuda:N, mps" + " (shortcut for --set engine.device=...)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--budget-mb", type=float, metavar="MB",
                    help="keep the whole run (up + down) within MB megabytes: the rdq uplink codec's step is "
@@ -277,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("suite", help="suite TOML file, e.g. configs/suites/fmnist-noniid.toml")
     c.add_argument("--out", default="runs/compare", help="where run folders and results go (default runs/compare)")
     c.add_argument("--workers", type=int, help="client worker processes per run (0 = in process)")
+    c.add_argument("--device", help="where clients train and models are evaluated: auto (CUDA if available), cpu, cuda, cuda:N, mps" + " for every run (a finished run counts as done on any device)")
     c.add_argument("--only", action="append", metavar="RUN", help="run only this suite entry (repeatable)")
     c.add_argument("--rerun", action="append", metavar="RUN", help="discard and redo this entry (repeatable)")
     c.add_argument("--report-only", action="store_true", help="no runs: table and plots from finished runs")
@@ -314,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--clients-per-round", type=int, default=10)
     be.add_argument("--dataset", default="fashion_mnist")
     be.add_argument("--data-dir")
+    be.add_argument("--device", default="cpu", help="where both sides compute: cpu (default), cuda, cuda:N, mps, auto")
     be.add_argument("--out", default="runs/bench-engine", help="folder for the CSV")
     be.set_defaults(func=cmd_bench_engine)
     bc = bsub.add_parser("codecs", help="rate, distortion and speed of every codec vs the rate-distortion limit",
@@ -383,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--memory-clients", default="1000,10000", help="total clients per memory run (default 1000,10000)")
     bt.add_argument("--memory-per-round", default="10,50", help="clients per round in the memory runs (default 10,50)")
     bt.add_argument("--memory-rounds", type=int, default=3, help="rounds per memory run (default 3)")
+    bt.add_argument("--device", default="cpu", help="where the speed runs compute: cpu (default), cuda, cuda:N, mps, "
+                    "auto (memory runs stay on the CPU)")
     bt.add_argument("--skip-speed", action="store_true", help="memory only")
     bt.add_argument("--skip-memory", action="store_true", help="speed only")
     bt.add_argument("--out", default="runs/bench-throughput", help="folder for throughput.csv and memory.csv")

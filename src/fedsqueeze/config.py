@@ -111,6 +111,11 @@ class EngineConfig:
     straggler: float = 0.0            # simulation: probability a client misses the step's deadline (per attempt)
     vectorize: bool = False           # in process: train a step's clients together (torch.func.vmap); engine.vectorized
     faults: dict = field(default_factory=dict)  # testing: {"nan"|"raise"|"shape"|"scale": probability per step}
+    # where clients train and models are evaluated (docs/gpu.md): auto = CUDA when available, else CPU
+    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps
+    devices: list = field(default_factory=list)  # worker pool: devices its workers use round-robin, e.g. ["cuda:0", "cuda:1"]
+    deterministic: bool = True        # CUDA: deterministic kernels (torch.use_deterministic_algorithms, cuDNN, cuBLAS)
+    tf32: bool = False                # CUDA: allow TF32 matmuls/convolutions (faster, ~1e-3 relative error)
 
 
 @dataclass
@@ -208,6 +213,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     elif tp is dict:
         if isinstance(value, dict):
             return value
+    elif tp is list:
+        if isinstance(value, list):
+            return value
     name = getattr(tp, "__name__", str(tp))
     raise ConfigError(f"config key {key!r} must be of type {name}, got {value!r} ({type(value).__name__})")
 
@@ -236,7 +244,21 @@ def from_dict(raw: dict) -> Config:
         raise ConfigError("the [algorithm] table needs a string 'name', e.g. name = \"fedavg\"")
     _check_faults(cfg.engine.faults)
     check_name(cfg.name, "config key 'name'")
+    _check_devices(cfg.engine)
     return cfg
+
+
+def _check_devices(engine: EngineConfig) -> None:
+    """The device specs' spelling (availability is checked when a run starts: ``engine.device.resolve``)."""
+    from fedsqueeze.engine.device import valid_spec
+    allowed = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+    if not valid_spec(engine.device):
+        raise ConfigError(f"config key 'engine.device' = {engine.device!r} is invalid: it must be {allowed}")
+    for spec in engine.devices:
+        if not valid_spec(spec) or spec == "auto":
+            raise ConfigError(f"engine.devices entry {spec!r} is invalid: each must be 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if engine.devices and not engine.workers:
+        raise ConfigError("engine.devices places pool workers; set engine.workers = N too (or use engine.device)")
 
 
 def _check_faults(faults: dict) -> None:

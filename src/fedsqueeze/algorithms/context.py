@@ -72,6 +72,8 @@ class ClientContext:
         for idx in batch_indices(len(self.data), tr.batch_size,
                                  epochs=tr.local_epochs if epochs is None else epochs,
                                  steps=tr.local_steps if steps is None else steps, seed=self.seed):
+            # indices come from the seeded CPU generator (identical on every device); the data stay put
+            idx = idx.to(self.data.x.device)
             yield self.data.x[idx], self.data.y[idx]
 
     def optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:

@@ -21,8 +21,9 @@ from fedsqueeze.config import Config, from_dict
 from fedsqueeze.engine import rundir
 from fedsqueeze.errors import ConfigError
 
-# config keys that do not change results: the run's name and where/how it is executed
-_NEUTRAL = ("name", "output_dir", "engine.workers")
+# config keys that do not change results: the run's name and where/how it is executed (the device
+# changes floating-point rounding only: a run finished on one device counts as done on another)
+_NEUTRAL = ("name", "output_dir", "engine.workers", "engine.device", "engine.devices")
 
 
 def _comparable(cfg: dict) -> dict:
@@ -41,7 +42,7 @@ def _comparable(cfg: dict) -> dict:
     return cfg
 
 
-def plan(spec: RunSpec, workers: int | None) -> tuple[Config, str]:
+def plan(spec: RunSpec, workers: int | None, device: str | None = None) -> tuple[Config, str]:
     cfg = spec.config
     note = ""
     if spec.budget_mb:
@@ -51,6 +52,10 @@ def plan(spec: RunSpec, workers: int | None) -> tuple[Config, str]:
     if workers is not None:
         raw = cfg.to_dict()
         raw["engine"]["workers"] = workers
+        cfg = from_dict(raw)
+    if device is not None:
+        raw = cfg.to_dict()
+        raw["engine"]["device"] = device
         cfg = from_dict(raw)
     return cfg, note
 
@@ -71,7 +76,7 @@ def status(run_dir: Path, cfg: Config) -> str:
     return "resume" if (run_dir / "checkpoint.pt").exists() or (run_dir / "checkpoint.prev.pt").exists() else "fresh"
 
 
-def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, rerun: tuple[str, ...] = (),
+def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, device: str | None = None, rerun: tuple[str, ...] = (),
               only: tuple[str, ...] = (), console: Any = None,
               progress_factory: Callable[[Config], tuple[Any, Any]] | None = None) -> dict[str, Any]:
     import fedsqueeze
@@ -86,7 +91,7 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, reru
         run_dir = out_dir / spec.name
         if not rundir.inside(run_dir, out_dir):  # names are checked by load_suite; belt and braces
             raise ConfigError(f"suite run {spec.name!r} would live outside {out_dir}; rename it")
-        cfg, note = plan(spec, workers)
+        cfg, note = plan(spec, workers, device)
         state = status(run_dir, cfg)
         if state == "changed" and spec.name not in rerun:
             raise ConfigError(f"{run_dir} was made with a different config than suite run {spec.name!r} now has; "

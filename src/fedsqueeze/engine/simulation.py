@@ -31,6 +31,8 @@ from fedsqueeze.data.partition import Partition, describe, make_partition
 from fedsqueeze.data.sources import Dataset
 from fedsqueeze.engine import delta, faults, rundir, vectorized
 from fedsqueeze.engine.atomic import atomic_write_bytes, crash_point, remove_temp_files
+from fedsqueeze.engine.device import compute_mode, worker_devices
+from fedsqueeze.engine.device import describe as describe_device
 from fedsqueeze.engine.checkpoint import restore_checkpoint, save_checkpoint
 from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy
 from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
@@ -81,7 +83,8 @@ class Simulation:
             raise DataError(f"data.num_clients = {cfg.data.num_clients} exceeds the {len(self.dataset.y_train)} "
                             "training samples; lower data.num_clients")
         self.partition = build_partition(cfg, self.dataset)
-        self.runtime = Runtime(cfg, self.dataset, self.partition)
+        self.runtime = Runtime(cfg, self.dataset, self.partition)  # resolves engine.device (an error if missing)
+        self.device = self.runtime.device
         self.algo = self.runtime.algo
         self.callbacks = list(callbacks or [])
         self.progress = progress
@@ -118,6 +121,8 @@ class Simulation:
                 remove_temp_files(folder)  # left by a write that a crash interrupted
         if not (resume and self._resume()):
             self._fresh()
+        atomic_write_bytes(self.run_dir / "device.json",
+                           json.dumps(describe_device(self.device, self.cfg.engine), indent=1).encode())
 
     def _fresh(self) -> None:
         self.server_state = self.algo.init_server(self._seeded_model())
@@ -152,7 +157,7 @@ class Simulation:
         if ckpt is None:
             return False
         saved = from_dict(ckpt["config"])
-        if {**saved.to_dict(), "rounds": 0} != {**self.cfg.to_dict(), "rounds": 0}:
+        if _identity(saved) != _identity(self.cfg):
             raise ConfigError(f"{self.run_dir} was started with a different configuration; resume it with its "
                               "own config (only 'rounds' may change) or start a new run directory")
         self.server_state = ckpt["server_state"]
@@ -203,6 +208,12 @@ class Simulation:
 
     # ---- the loop ------------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> Result:
+        eng = self.cfg.engine
+        devices = [self.device] + (worker_devices(eng) if eng.workers else [])
+        with compute_mode(devices, eng.deterministic, eng.tf32):
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> Result:
         self.start(resume=resume)
         if self.cfg.engine.workers > 0:
             from fedsqueeze.engine.pool import WorkerPool
@@ -462,6 +473,15 @@ class Simulation:
         """Per client with a held-out split: (client, correct, n, the algorithm's client_profile)."""
         return personal_accuracies(self.runtime, self.algo, self.server_state, self.store, self.partition,
                                    self.dataset, self.cfg.data.num_clients, bs or self.cfg.eval.batch_size)
+
+
+def _identity(cfg: Config) -> dict:
+    """What a resumed run must share with its checkpoint: everything but ``rounds`` and the devices
+    (resuming on another device continues the run; only the same device reproduces it bit for bit)."""
+    d = cfg.to_dict()
+    d["rounds"] = 0
+    d["engine"] = {k: v for k, v in d["engine"].items() if k not in ("device", "devices")}
+    return d
 
 
 Payloads = dict  # kind -> bytes for every client, or client -> (kind -> bytes) with codec.downlink = "delta"

@@ -51,8 +51,8 @@ class TooFewReplies(FedsqueezeError):
 
 class FlowerServer(Simulation):
     def __init__(self, cfg: Config, run_dir: str | Path, grid: Any, **kw: Any) -> None:
-        if cfg.engine.workers:  # clients run on the SuperNodes: no local worker pool
-            cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, workers=0))
+        if cfg.engine.workers or cfg.engine.vectorize:  # clients run on the SuperNodes: no local pool or vmap
+            cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, workers=0, vectorize=False))
         if cfg.codec.downlink != "broadcast":
             raise ConfigError("codec.downlink = 'delta' (per-client downlink payloads) runs on the embedded engine "
                               "only for now; use codec.downlink = 'broadcast' with Flower")
