@@ -179,14 +179,15 @@ def _loads(data: bytes, what: str) -> Any:
         raise SafeIOError(f"{what} is truncated or padded: the header declares {n_data!r} data bytes, "
                           f"the file holds {len(data) - start}")
     pos = start
+    view = memoryview(data)  # tensor bytes are sliced without a copy, then copied once into owned memory
 
-    def take(nbytes: Any, itemsize: int, shape: tuple[int, ...]) -> bytes:
+    def take(nbytes: Any, itemsize: int, shape: tuple[int, ...]) -> memoryview:
         nonlocal pos
         if type(nbytes) is not int or nbytes != math.prod(shape) * itemsize:
             raise SafeIOError(f"{what}: a tensor's byte count {nbytes!r} does not match its shape and dtype")
         if nbytes > len(data) - pos:
             raise SafeIOError(f"{what}: a tensor runs past the end of the file")
-        chunk = data[pos:pos + nbytes]
+        chunk = view[pos:pos + nbytes]
         pos += nbytes
         return chunk
 
@@ -222,7 +223,7 @@ def _loads(data: bytes, what: str) -> Any:
             shape = _shape(args[1])
             itemsize = torch.empty((), dtype=dtype).element_size()
             raw = take(args[2], itemsize, shape)
-            if not raw:
+            if len(raw) == 0:
                 return torch.empty(shape, dtype=dtype)
             flat = np.frombuffer(raw, dtype=np.uint8)
             if dtype == torch.bool and flat.max() > 1:
