@@ -154,7 +154,8 @@ def loads(data: bytes | bytearray | memoryview, *, what: str = "file") -> Any:
     except SafeIOError:
         raise
     except Exception as e:  # noqa: BLE001 (whatever a crafted file provokes: one clear line, no traceback)
-        raise SafeIOError(f"{what} is malformed ({type(e).__name__}: {e})") from None
+        detail = " ".join(str(e).split())[:200]
+        raise SafeIOError(f"{what} is malformed ({type(e).__name__}: {detail})") from None
 
 
 def _loads(data: bytes, what: str) -> Any:
