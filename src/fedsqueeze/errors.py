@@ -24,3 +24,12 @@ class CodecError(FedsqueezeError):
 
 class RegistryError(ConfigError):
     """A name (algorithm, codec, model, dataset, partitioner) is not registered."""
+
+
+class SafeIOError(FedsqueezeError):
+    """A fedsqueeze state file (checkpoint, client state, mirror) is malformed: truncated, corrupted, or not
+    in fedsqueeze's safe format."""
+
+
+class LegacyRunError(FedsqueezeError):
+    """A run folder holds pickle files written by an older fedsqueeze; they are refused, never unpickled."""
