@@ -107,7 +107,8 @@ def test_numpy_arrays_and_scalars():
     assert type(back["iscalar"]) is int and type(back["bscalar"]) is bool
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.is_available() is False")
 def test_cuda_tensors_are_written_from_the_cpu_and_read_on_the_cpu():
     t = torch.tensor([1.0, -0.0, math.nan], device="cuda", dtype=torch.bfloat16)
     back = loads(dumps({"w": t}))["w"]
