@@ -77,6 +77,7 @@ MODELS = Registry("model", {
     "small_cnn": "fedsqueeze.models.zoo:SmallCNN",
     "logreg": "fedsqueeze.models.zoo:LogReg",
     "resnet20": "fedsqueeze.models.resnet:ResNet",
+    "vgg11": "fedsqueeze.models.vgg:VGG11",
     "char_lstm": "fedsqueeze.models.zoo:CharLSTM",
     "char_gru": "fedsqueeze.models.zoo:CharGRU",
     "char_lstm_small": "fedsqueeze.models.zoo:CharLSTMSmall",
@@ -87,6 +88,8 @@ DATASETS = Registry("dataset", {
     "digits": "fedsqueeze.data.sources:load_digits",
     "synthetic": "fedsqueeze.data.sources:load_synthetic",
     "fortunes": "fedsqueeze.data.fortunes:load_fortunes",
+    "cifar10": "fedsqueeze.data.cifar:load_cifar10",
+    "cifar100": "fedsqueeze.data.cifar:load_cifar100",
 })
 
 PARTITIONERS = Registry("partitioner", {

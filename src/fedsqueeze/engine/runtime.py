@@ -101,7 +101,7 @@ class Runtime:
         d = self.dataset
         tr_t = torch.from_numpy(tr)
         return ClientData(d.x_train[tr_t], d.y_train[tr_t],
-                          lambda: (d.x_train[torch.from_numpy(ho)], d.y_train[torch.from_numpy(ho)]))
+                          lambda: (d.x_train[torch.from_numpy(ho)], d.y_train[torch.from_numpy(ho)]), d.augment)
 
     def num_samples(self, client: int) -> int:
         return int(len(self.partition.train[client]))
