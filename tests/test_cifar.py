@@ -286,3 +286,13 @@ def test_cifar10_preset_runs_on_generated_files(isolated: Path, preset: str, ext
                  *TINY, *extra])
     assert code == 0
     assert (out / "metrics.jsonl").is_file()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_crop_flip_on_cuda_matches_cpu() -> None:
+    """The batch is augmented where it lives, with the same draws (CPU generator) as on the CPU."""
+    x = torch.randn(33, 3, 32, 32)
+    aug = RandomCropFlip(4, tuple(-m / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD)))
+    cpu = aug(x, torch.Generator().manual_seed(5))
+    gpu = aug(x.cuda(), torch.Generator().manual_seed(5))
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
