@@ -176,9 +176,9 @@ def read_records(path: str | os.PathLike[str], label_bytes: int,
         bad = np.flatnonzero(labels[:, i] >= limit)
         if bad.size:
             r = int(bad[0])
+            kind = "CIFAR-100" if label_bytes == 2 else "CIFAR-10"
             raise DataError(f"{path}: record {r} has label {int(labels[r, i])} outside 0..{limit - 1} "
-                            f"(a {'CIFAR-100' if label_bytes == 2 else 'CIFAR-10'} file? a corrupt one?); "
-                            f"replace it with a good copy from {URL}")
+                            f"(corrupt, or not a {kind} file); replace it with a good copy from {URL}")
     return table[:, label_bytes:].reshape(whole, 3, 32, 32), labels
 
 
