@@ -205,6 +205,7 @@ MODELS = Registry("model", group="fedsqueeze.models", entries={
     "small_cnn": "fedsqueeze.models.zoo:SmallCNN",
     "logreg": "fedsqueeze.models.zoo:LogReg",
     "resnet20": "fedsqueeze.models.resnet:ResNet",
+    "vgg11": "fedsqueeze.models.vgg:VGG11",
     "char_lstm": "fedsqueeze.models.zoo:CharLSTM",
     "char_gru": "fedsqueeze.models.zoo:CharGRU",
     "char_lstm_small": "fedsqueeze.models.zoo:CharLSTMSmall",
@@ -215,6 +216,8 @@ DATASETS = Registry("dataset", group="fedsqueeze.datasets", entries={
     "digits": "fedsqueeze.data.sources:load_digits",
     "synthetic": "fedsqueeze.data.sources:load_synthetic",
     "fortunes": "fedsqueeze.data.fortunes:load_fortunes",
+    "cifar10": "fedsqueeze.data.cifar:load_cifar10",
+    "cifar100": "fedsqueeze.data.cifar:load_cifar100",
 })
 
 PARTITIONERS = Registry("partitioner", group="fedsqueeze.partitioners", entries={

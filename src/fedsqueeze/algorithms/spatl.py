@@ -119,7 +119,7 @@ def validation_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, 
 
 def subset_context(ctx: ClientContext, idx: torch.Tensor) -> ClientContext:
     sub_ctx = copy.copy(ctx)
-    sub_ctx.data = ClientData(ctx.data.x[idx], ctx.data.y[idx], ctx.data.holdout)
+    sub_ctx.data = ClientData(ctx.data.x[idx], ctx.data.y[idx], ctx.data.holdout, ctx.data.augment)
     return sub_ctx
 
 

@@ -132,7 +132,7 @@ class Runtime:
         tr_t = torch.from_numpy(tr).to(self.device)
         return ClientData(d.x_train[tr_t], d.y_train[tr_t],
                           lambda: (d.x_train[torch.from_numpy(ho).to(self.device)],
-                                   d.y_train[torch.from_numpy(ho).to(self.device)]))
+                                   d.y_train[torch.from_numpy(ho).to(self.device)]), d.augment)
 
     def num_samples(self, client: int) -> int:
         return int(len(self.partition.train[client]))

@@ -192,6 +192,9 @@ def train_jobs(model: nn.Module, jobs: list[VectorJob], ctxs: list, tr) -> list[
         if set(job.start) != set(names):
             raise ConfigError(f"engine.vectorize: the start weights ({', '.join(sorted(job.start))}) are not the "
                               f"model's parameters ({', '.join(names)}); set engine.vectorize = false")
+    if any(getattr(ctx.data, "augment", None) is not None for ctx in ctxs):
+        raise ConfigError("engine.vectorize does not apply the dataset's augmentation (data.options.augment); "
+                          "set engine.vectorize = false or data.options.augment = false")
     batches = [list(batch_indices(len(ctx.data), tr.batch_size, epochs=tr.local_epochs, steps=tr.local_steps,
                                   seed=ctx.seed)) for ctx in ctxs]
     sizes = [len(ctx.data) for ctx in ctxs]
