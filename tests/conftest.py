@@ -1,10 +1,24 @@
 """Shared fixtures: small, fast configurations on bundled data."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+GPU_SKIP = "needs CUDA: torch.cuda.is_available() is False"
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests are skipped, with the reason shown, on a machine without CUDA."""
+    if torch.cuda.is_available() or os.environ.get("FEDSQUEEZE_GPU_TESTS_ON") == "cpu":  # the latter: a dry run
+        return
+    skip = pytest.mark.skip(reason=GPU_SKIP)
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
 
 
 def digits_config(**over) -> dict:

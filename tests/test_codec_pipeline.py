@@ -7,13 +7,14 @@ from collections.abc import Mapping, Sequence
 import pytest
 import torch
 
+import fedsqueeze
+
 from codec_kit import nmse, sample_update
 from fedsqueeze.codecs.base import Codec
 from fedsqueeze.codecs.pipeline import Pipeline, Transform, spec_string
 from fedsqueeze.codecs.rdq import RDQ
 from fedsqueeze.codecs.spec import decode_any, make_codec
 from fedsqueeze.errors import CodecError, PayloadError
-from fedsqueeze.registry import CODECS
 from fedsqueeze.wire.payload import Header, TensorSpec, pack, unpack
 
 
@@ -39,7 +40,9 @@ class Transpose(Codec):
 
 @pytest.fixture
 def transpose(monkeypatch):
-    monkeypatch.setitem(CODECS._entries, "transpose", f"{__name__}:Transpose")
+    fedsqueeze.register_codec("transpose", Transpose)
+    yield
+    fedsqueeze.unregister("codec", "transpose")
 
 
 def _update():
@@ -121,10 +124,8 @@ def test_nested_config_must_match_the_stage(transpose):
         decode_any(pack(header, make_codec("fp32").encode(_update())))
 
 
-def test_svd_then_rdq(monkeypatch):
+def test_svd_then_rdq():
     pytest.importorskip("fedsqueeze.codecs.svd")
-    if "svd" not in CODECS:  # written by a sibling; registered separately
-        monkeypatch.setitem(CODECS._entries, "svd", "fedsqueeze.codecs.svd:SVD")
     codec = make_codec("svd(threshold=0.9) | rdq(step=0.01)")
     g = torch.Generator().manual_seed(0)
     x = {"w": torch.randn(40, 30, generator=g) @ torch.diag(torch.logspace(0, -2, 30)), "b": torch.randn(40)}

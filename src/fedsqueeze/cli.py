@@ -64,8 +64,17 @@ def cmd_run(args) -> int:
         overrides.append(f'data.dir="{args.data_dir}"')
     if args.workers is not None:
         overrides.append(f"engine.workers={args.workers}")
+    if getattr(args, "vectorize", False):
+        overrides.append("engine.vectorize=true")
     if args.rounds is not None:
         overrides.append(f"rounds={args.rounds}")
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise FedsqueezeError(f"--resume {args.resume} continues that run in its own folder; --out {args.out} "
+                              "contradicts it: drop --out (or start a new run with CONFIG --out)")
+    if args.resume and args.overwrite:
+        raise FedsqueezeError("--resume continues a run and --overwrite replaces it; pass one of them")
+    if args.device:
+        overrides.append(f'engine.device="{args.device}"')
     if args.resume:
         run_dir = Path(args.resume)
         cfg = fedsqueeze.api.run_config(run_dir, overrides)
@@ -80,6 +89,9 @@ def cmd_run(args) -> int:
             from fedsqueeze.compare.budget import plan_budget
             cfg, plan = plan_budget(cfg, args.budget_mb)
             console.print(plan.describe(cfg.rounds, cfg.train.clients_per_round))
+    if run_dir is not None:  # refusals (an existing run, a user's folder, a run in progress) before any output
+        from fedsqueeze.engine.rundir import check_target
+        check_target(run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     console.print(f"[bold]fedsqueeze[/] {cfg.name}: {cfg.algorithm_name} · {cfg.model.name} · {cfg.data.source} "
                   f"({cfg.data.num_clients} clients, {cfg.data.partition}) · up={cfg.codec.up} down={cfg.codec.down}")
     progress = None
@@ -88,7 +100,8 @@ def cmd_run(args) -> int:
         prog, progress = _progress_printer(cfg.rounds, console)
         prog.start()
     try:
-        result = fedsqueeze.run(cfg, run_dir=run_dir, resume=bool(args.resume), progress=progress,
+        result = fedsqueeze.run(cfg, run_dir=run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+                                progress=progress,
                                 log=lambda msg: console.print(f"[dim]{msg}[/]"))
     finally:
         if prog is not None:
@@ -116,7 +129,7 @@ def cmd_compare(args) -> int:
     def progress_factory(cfg):
         return _progress_printer(cfg.rounds, console) if not args.quiet else (_Quiet(), None)
 
-    run_suite(suite, args.out, workers=args.workers, rerun=tuple(args.rerun or ()), only=tuple(args.only or ()),
+    run_suite(suite, args.out, workers=args.workers, device=args.device, rerun=tuple(args.rerun or ()), only=tuple(args.only or ()),
               console=console, progress_factory=progress_factory)
     return 0
 
@@ -157,7 +170,7 @@ def cmd_personal(args) -> int:
 def cmd_plot(args) -> int:
     from fedsqueeze.metrics.plots import plot_runs
 
-    out = Path(args.out) if args.out else Path(args.runs[0]) / "comparison.png"
+    out = Path(args.out) if args.out else Path("comparison.png")  # never inside a run: reports leave runs as they are
     plot_runs([Path(r) for r in args.runs], out, metric=args.metric, title=args.title)
     print(f"wrote {out}")
     return 0
@@ -266,11 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", nargs="?", help="experiment TOML file or preset name, e.g. digits-quick")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=0.1 --set codec.up='topk(fraction=0.01)'")
-    r.add_argument("--out", help="run directory (default: <output_dir>/<name>-<timestamp>)")
+    r.add_argument("--out", help="run directory (default: <output_dir>/<name>-<timestamp>); an existing run "
+                                 "there is refused unless --resume or --overwrite")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its own files only; other files are kept, and a "
+                        "folder that is not a run is never written over)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     r.add_argument("--data-dir", help="where the dataset files are")
     r.add_argument("--workers", type=int, help="client worker processes (0 = in process)")
+    r.add_argument("--vectorize", action="store_true", help="train a step's clients together (engine.vectorize)")
     r.add_argument("--rounds", type=int, help="number of rounds (shortcut for --set rounds=N)")
+    r.add_argument("--device", help="where clients train and models are evaluated: auto (CUDA if available), cpu, cuda, cuda:N, mps" + " (shortcut for --set engine.device=...)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--budget-mb", type=float, metavar="MB",
                    help="keep the whole run (up + down) within MB megabytes: the rdq uplink codec's step is "
@@ -285,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("suite", help="suite TOML file, e.g. configs/suites/fmnist-noniid.toml")
     c.add_argument("--out", default="runs/compare", help="where run folders and results go (default runs/compare)")
     c.add_argument("--workers", type=int, help="client worker processes per run (0 = in process)")
+    c.add_argument("--device", help="where clients train and models are evaluated: auto (CUDA if available), cpu, cuda, cuda:N, mps" + " for every run (a finished run counts as done on any device)")
     c.add_argument("--only", action="append", metavar="RUN", help="run only this suite entry (repeatable)")
     c.add_argument("--rerun", action="append", metavar="RUN", help="discard and redo this entry (repeatable)")
     c.add_argument("--report-only", action="store_true", help="no runs: table and plots from finished runs")
@@ -302,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="plot accuracy vs MB and vs rounds for one or more runs",
                         description="Plot one or more run directories on one chart (PNG).")
     pl.add_argument("runs", nargs="+", help="run directories")
-    pl.add_argument("--out", help="output PNG (default: <first run>/comparison.png)")
+    pl.add_argument("--out", help="output PNG (default: comparison.png in the current folder)")
     pl.add_argument("--metric", default="global_acc", choices=["global_acc", "personal_acc"])
     pl.add_argument("--title")
     pl.set_defaults(func=cmd_plot)
@@ -323,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where to write it (default experiment.toml; a folder gets experiment.toml inside)")
     ini.set_defaults(func=cmd_init)
 
-    b = sub.add_parser("bench", help="benchmarks (engine speed, codecs)", description="Benchmarks.")
+    b = sub.add_parser("bench", help="benchmarks (engine speed, codecs, vectorised clients)", description="Benchmarks.")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
     be = bsub.add_parser("engine", help="engine wall time per round vs a plain PyTorch loop",
                          description="FedAvg on Fashion-MNIST: the engine vs a plain PyTorch loop doing the same "
@@ -333,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--clients-per-round", type=int, default=10)
     be.add_argument("--dataset", default="fashion_mnist")
     be.add_argument("--data-dir")
+    be.add_argument("--device", default="cpu", help="where both sides compute: cpu (default), cuda, cuda:N, mps, auto")
     be.add_argument("--out", default="runs/bench-engine", help="folder for the CSV")
     be.set_defaults(func=cmd_bench_engine)
     bc = bsub.add_parser("codecs", help="rate, distortion and speed of every codec vs the rate-distortion limit",
@@ -402,10 +423,23 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--memory-clients", default="1000,10000", help="total clients per memory run (default 1000,10000)")
     bt.add_argument("--memory-per-round", default="10,50", help="clients per round in the memory runs (default 10,50)")
     bt.add_argument("--memory-rounds", type=int, default=3, help="rounds per memory run (default 3)")
+    bt.add_argument("--device", default="cpu", help="where the speed runs compute: cpu (default), cuda, cuda:N, mps, "
+                    "auto (memory runs stay on the CPU)")
     bt.add_argument("--skip-speed", action="store_true", help="memory only")
     bt.add_argument("--skip-memory", action="store_true", help="speed only")
     bt.add_argument("--out", default="runs/bench-throughput", help="folder for throughput.csv and memory.csv")
     bt.set_defaults(func=lambda a: __import__("fedsqueeze.bench.throughput", fromlist=["main"]).main(a))
+    bv = bsub.add_parser("vectorize", help="local training of N clients, sequential vs vectorised (engine.vectorize)",
+                         description="The same clients' local SGD on synthetic 1x28x28 data, the sequential loop vs "
+                                     "torch.func.vmap (fedsqueeze.engine.vectorized), alternated; medians of client-steps/s, "
+                                     "the ratio and max|dw|.")
+    bv.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cpu (default cpu)")
+    bv.add_argument("--model", default="mlp", help="mlp, cnn or mlp,cnn (default mlp)")
+    bv.add_argument("--clients", type=int, help="clients (default 100 for mlp, 50 for cnn)")
+    bv.add_argument("--steps", type=int, default=15, help="local SGD steps per client (default 15)")
+    bv.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    bv.add_argument("--repeats", type=int, default=3, help="timed repeats per side (default 3)")
+    bv.set_defaults(func=lambda a: __import__("fedsqueeze.bench.vectorize", fromlist=["main"]).main(a))
     _add_flower(sub)
     return p
 

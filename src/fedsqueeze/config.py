@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,34 @@ from pathlib import Path
 from typing import Any
 
 from fedsqueeze.errors import ConfigError
+
+# Names that become a path component (a run's ``name``, a suite's name, its run names, network
+# profile names): ASCII letters, digits and ``-_.+=,@`` and space, starting with a letter, digit or
+# ``_`` (so never ``.``, ``..`` or a hidden file), not ending in a space, at most 100 characters.
+# No path separators, no control characters: only ``--out`` / ``output_dir`` choose locations.
+NAME_MAX = 100
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9 _.+=,@-]*[A-Za-z0-9_.+=,@-])?")
+
+
+def check_name(value: Any, key: str) -> str:
+    """``value`` if it is a safe name (see ``NAME_MAX``), else a one-line ConfigError naming ``key``."""
+    fix = (f"use letters, digits, '-', '_', '.', '+', '=', ',', '@' or spaces (up to {NAME_MAX} characters, "
+           "starting with a letter, digit or '_'); folders are chosen with --out / output_dir")
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string name, got {value!r}; {fix}")
+    if not value:
+        raise ConfigError(f"{key} is empty; {fix}")
+    if len(value) > NAME_MAX:
+        raise ConfigError(f"{key} is {len(value)} characters long; {fix}")
+    if not _SAFE_NAME.fullmatch(value):
+        bad = next((c for c in value if not re.fullmatch(r"[A-Za-z0-9 _.+=,@-]", c)), None)
+        why = (f"contains {bad!r}" if bad is not None
+               else "is '.' or '..'" if value in (".", "..")
+               else f"may not start with {value[0]!r}" if not re.fullmatch(r"[A-Za-z0-9_]", value[0])
+               else "may not end with a space")
+        raise ConfigError(f"{key} = {value[:40]!r}{'...' if len(value) > 40 else ''} {why}; it names a folder, "
+                          f"not a path: {fix}")
+    return value
 
 
 @dataclass
@@ -80,7 +109,13 @@ class EngineConfig:
     # simulated faults (off by default; deterministic in (seed, round, step, client)): fedsqueeze.engine.faults
     dropout: float = 0.0              # simulation: probability a sampled client does not reply (per attempt)
     straggler: float = 0.0            # simulation: probability a client misses the step's deadline (per attempt)
+    vectorize: bool = False           # in process: train a step's clients together (torch.func.vmap); engine.vectorized
     faults: dict = field(default_factory=dict)  # testing: {"nan"|"raise"|"shape"|"scale": probability per step}
+    # where clients train and models are evaluated (docs/gpu.md): auto = CUDA when available, else CPU
+    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps
+    devices: list = field(default_factory=list)  # worker pool: devices its workers use round-robin, e.g. ["cuda:0", "cuda:1"]
+    deterministic: bool = True        # CUDA: deterministic kernels (torch.use_deterministic_algorithms, cuDNN, cuBLAS)
+    tf32: bool = False                # CUDA: allow TF32 matmuls/convolutions (faster, ~1e-3 relative error)
 
 
 @dataclass
@@ -178,6 +213,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     elif tp is dict:
         if isinstance(value, dict):
             return value
+    elif tp is list:
+        if isinstance(value, list):
+            return value
     name = getattr(tp, "__name__", str(tp))
     raise ConfigError(f"config key {key!r} must be of type {name}, got {value!r} ({type(value).__name__})")
 
@@ -205,7 +243,22 @@ def from_dict(raw: dict) -> Config:
     if "name" not in cfg.algorithm or not isinstance(cfg.algorithm["name"], str):
         raise ConfigError("the [algorithm] table needs a string 'name', e.g. name = \"fedavg\"")
     _check_faults(cfg.engine.faults)
+    check_name(cfg.name, "config key 'name'")
+    _check_devices(cfg.engine)
     return cfg
+
+
+def _check_devices(engine: EngineConfig) -> None:
+    """The device specs' spelling (availability is checked when a run starts: ``engine.device.resolve``)."""
+    from fedsqueeze.engine.device import valid_spec
+    allowed = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+    if not valid_spec(engine.device):
+        raise ConfigError(f"config key 'engine.device' = {engine.device!r} is invalid: it must be {allowed}")
+    for spec in engine.devices:
+        if not valid_spec(spec) or spec == "auto":
+            raise ConfigError(f"engine.devices entry {spec!r} is invalid: each must be 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if engine.devices and not engine.workers:
+        raise ConfigError("engine.devices places pool workers; set engine.workers = N too (or use engine.device)")
 
 
 def _check_faults(faults: dict) -> None:

@@ -30,6 +30,15 @@ class MissingExtraError(FedsqueezeError):
     """An optional dependency is not installed; the message names the ``pip install 'fedsqueeze[...]'`` extra."""
 
 
+class SafeIOError(FedsqueezeError):
+    """A fedsqueeze state file (checkpoint, client state, mirror) is malformed: truncated, corrupted, or not
+    in fedsqueeze's safe format."""
+
+
+class LegacyRunError(FedsqueezeError):
+    """A run folder holds pickle files written by an older fedsqueeze; they are refused, never unpickled."""
+
+
 def require_matplotlib():
     """``matplotlib.pyplot`` on the Agg backend, or a one-line error naming the ``plots`` extra."""
     try:

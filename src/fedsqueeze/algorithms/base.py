@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -59,6 +60,19 @@ class Reply:
 
 
 @dataclass
+class VectorJob:
+    """One client's part in ``engine.vectorize`` (``fedsqueeze.engine.vectorized``): plain local SGD on
+    cross-entropy from ``start`` over ``ctx.batches()`` — what ``train_locally`` does — plus an optional
+    proximal gradient ``prox_mu·(w − start)``; ``finish(trained weights, mean loss)`` returns exactly the
+    ``Reply`` that ``client_update`` would have returned."""
+
+    start: Tensors                                  # the slot's weights the client starts from (parameters)
+    finish: Callable[[Tensors, float], Reply]
+    slot: str = "model"
+    prox_mu: float = 0.0
+
+
+@dataclass
 class Setup:
     """What an algorithm may know about the experiment: model specs, codecs, schedule."""
 
@@ -76,6 +90,8 @@ class Algorithm(ABC):
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     communicates: ClassVar[bool] = True
+    # engine.vectorize: the client update is train_locally from some start weights (see ``vector_job``)
+    vectorizable: ClassVar[bool] = False
 
     def __init__(self, params: Any, setup: Setup) -> None:
         self.p = params
@@ -119,6 +135,11 @@ class Algorithm(ABC):
 
     @abstractmethod
     def aggregate(self, state: dict, rnd: int, step: int, replies: list[Reply]) -> dict: ...
+
+    def vector_job(self, ctx: "ClientContext", down: Messages, state: dict | None) -> VectorJob:
+        """``client_update`` split for ``engine.vectorize``: the start weights and how to turn the trained
+        weights into the reply. Only algorithms with ``vectorizable = True`` implement it."""
+        raise ConfigError(f"algorithm {self.name!r} cannot train its clients vectorised; set engine.vectorize = false")
 
     def upload_spec(self, rnd: int, step: int, down: Messages) -> UploadSpec | None:
         """What a valid reply uploads in this step, given the broadcast ``down``: exactly these message

@@ -12,9 +12,11 @@ from fedsqueeze.seeding import derive_seed, torch_generator
 class ClientData:
     """A client's training tensors, and its held-out split (gathered only when asked for)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, holdout: Callable[[], tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, holdout: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None):
         self.x, self.y = x, y
         self._holdout = holdout
+        self.augment = augment  # the dataset's training augmentation (Dataset.augment), if any
 
     def holdout(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._holdout()
@@ -69,10 +71,15 @@ class ClientContext:
 
     def batches(self, *, epochs: int | None = None, steps: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         tr = self.train
+        augment = getattr(self.data, "augment", None)  # e.g. CIFAR's crop + flip, on the batch's device
+        g = torch_generator(self.seed, "augment") if augment is not None else None
         for idx in batch_indices(len(self.data), tr.batch_size,
                                  epochs=tr.local_epochs if epochs is None else epochs,
                                  steps=tr.local_steps if steps is None else steps, seed=self.seed):
-            yield self.data.x[idx], self.data.y[idx]
+            # indices come from the seeded CPU generator (identical on every device); the data stay put
+            idx = idx.to(self.data.x.device)
+            xb = self.data.x[idx]
+            yield (xb if augment is None else augment(xb, g)), self.data.y[idx]
 
     def optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
         tr = self.train

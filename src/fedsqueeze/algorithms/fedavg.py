@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fedsqueeze.algorithms.base import (Algorithm, ClientContext, Messages, Reply, add, float_state,
+from fedsqueeze.algorithms.base import (Algorithm, ClientContext, Messages, Reply, VectorJob, add, float_state,
                                         load_float_state, sub, weighted_mean)
 from fedsqueeze.algorithms.context import train_locally
 from fedsqueeze.errors import ConfigError
@@ -34,6 +34,7 @@ class FedAvg(Algorithm):
 
     name = "fedavg"
     Params = FedAvgParams
+    vectorizable = True
 
     def init_server(self, model: nn.Module) -> dict:
         return {"weights": float_state(model)}
@@ -47,6 +48,11 @@ class FedAvg(Algorithm):
         loss, steps = train_locally(model, ctx)
         return Reply(ctx.client, len(ctx.data), {"update": sub(float_state(model), down["model"])},
                      state, {"train_loss": loss})
+
+    def vector_job(self, ctx: ClientContext, down: Messages, state: dict | None) -> VectorJob:
+        start = down["model"]
+        return VectorJob(start, lambda w, loss: Reply(ctx.client, len(ctx.data), {"update": sub(w, start)}, state,
+                                                      {"train_loss": loss}))
 
     def aggregate(self, state: dict, rnd: int, step: int, replies: list[Reply]) -> dict:
         weights = [float(r.num_samples) if self.p.weighting == "samples" else 1.0 for r in replies]

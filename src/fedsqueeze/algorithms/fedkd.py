@@ -159,7 +159,7 @@ def mutual_losses(z_t: torch.Tensor, z_s: torch.Tensor, y: torch.Tensor, h_t: to
     kl_s = kd_loss(z_s, z_t.detach(), temperature)  # τ²·KL(p_t ‖ p_s): trains the student
     kl_t = kd_loss(z_t, z_s.detach(), temperature)  # τ²·KL(p_s ‖ p_t): trains the teacher
     out = {"weight": w, "task_t": task_t, "task_s": task_s, "kl_t": kl_t, "kl_s": kl_s}
-    mse_s = mse_t = torch.zeros((), dtype=z_s.dtype)
+    mse_s = mse_t = torch.zeros((), dtype=z_s.dtype, device=z_s.device)
     if h_t is not None and h_s_proj is not None:
         mse_s = F.mse_loss(h_s_proj, h_t.detach())  # trains the student and W_h
         mse_t = F.mse_loss(h_t, h_s_proj.detach())  # trains the teacher (same value)
@@ -306,7 +306,7 @@ class FedKD(FedAvg):
                 x = ctx.data.x[:1]
                 d_t, d_s = teacher.features(x).shape[1], student.features(x).shape[1]
             w_h = new_projection(d_s, d_t, self.setup.seed)
-        proj = nn.Linear(w_h.shape[1], w_h.shape[0], bias=False)
+        proj = nn.Linear(w_h.shape[1], w_h.shape[0], bias=False, device=ctx.data.x.device)
         with torch.no_grad():
             proj.weight.copy_(w_h)
         return proj

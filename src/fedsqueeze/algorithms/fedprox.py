@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from fedsqueeze.algorithms.base import ClientContext, Messages, Reply, float_state, load_float_state, sub
+import dataclasses
+
+from fedsqueeze.algorithms.base import ClientContext, Messages, Reply, VectorJob, float_state, load_float_state, sub
 from fedsqueeze.algorithms.context import train_locally
 from fedsqueeze.algorithms.fedavg import FedAvg, FedAvgParams
 from fedsqueeze.errors import ConfigError
@@ -52,3 +54,6 @@ class FedProx(FedAvg):
         loss, _ = train_locally(model, ctx, after_backward=proximal if mu else None)
         return Reply(ctx.client, len(ctx.data), {"update": sub(float_state(model), down["model"])},
                      state, {"train_loss": loss})
+
+    def vector_job(self, ctx: ClientContext, down: Messages, state: dict | None) -> VectorJob:
+        return dataclasses.replace(super().vector_job(ctx, down, state), prox_mu=float(self.p.mu))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedsqueeze.algorithms.base import (Algorithm, ClientContext, Messages, NoParams, Reply,
+from fedsqueeze.algorithms.base import (Algorithm, ClientContext, Messages, NoParams, Reply, VectorJob,
                                         float_state, load_float_state)
 from fedsqueeze.algorithms.context import train_locally
 
@@ -18,6 +18,7 @@ class LocalOnly(Algorithm):
     name = "local"
     Params = NoParams
     communicates = False
+    vectorizable = True
 
     def init_server(self, model: nn.Module) -> dict:
         return {"init": float_state(model)}
@@ -31,6 +32,11 @@ class LocalOnly(Algorithm):
         load_float_state(model, start)
         loss, _ = train_locally(model, ctx)
         return Reply(ctx.client, len(ctx.data), {}, {"weights": float_state(model)}, {"train_loss": loss})
+
+    def vector_job(self, ctx: ClientContext, down: Messages, state: dict | None) -> VectorJob:
+        start = state["weights"] if state else ctx.initial_weights()
+        return VectorJob(start, lambda w, loss: Reply(ctx.client, len(ctx.data), {}, {"weights": w},
+                                                      {"train_loss": loss}))
 
     def aggregate(self, state: dict, rnd: int, step: int, replies: list[Reply]) -> dict:
         return state

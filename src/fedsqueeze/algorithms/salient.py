@@ -62,7 +62,7 @@ class SelectionProblem:
         """The ``counts[layer]`` filters of largest L2 norm in each layer."""
         out = {}
         for g in self.groups:
-            mask = torch.zeros(g.channels, dtype=torch.bool)
+            mask = torch.zeros(g.channels, dtype=torch.bool, device=self.order[g.layer].device)
             mask[self.order[g.layer][:counts[g.layer]]] = True
             out[g.layer] = mask
         return out

@@ -119,7 +119,7 @@ def validation_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, 
 
 def subset_context(ctx: ClientContext, idx: torch.Tensor) -> ClientContext:
     sub_ctx = copy.copy(ctx)
-    sub_ctx.data = ClientData(ctx.data.x[idx], ctx.data.y[idx], ctx.data.holdout)
+    sub_ctx.data = ClientData(ctx.data.x[idx], ctx.data.y[idx], ctx.data.holdout, ctx.data.augment)
     return sub_ctx
 
 
@@ -139,7 +139,7 @@ class PrunedScorer:
         masks = tensor_masks({k: t.shape for k, t in self.live.items()}, self.groups, keep)
         with torch.no_grad():
             for k, t in self.live.items():
-                t.copy_(torch.where(masks[k], self.weights[k], 0.0))
+                t.copy_(torch.where(masks[k].to(t.device), self.weights[k], 0.0))
             if not len(self.y):
                 return 0.0, 0.0
             logits = torch.cat([self.model(self.x[i:i + 512]) for i in range(0, len(self.y), 512)])

@@ -8,6 +8,10 @@ sides take identical steps, their final weights must agree exactly — printed a
 
 The pieces (the benchmark config, an engine side with an optional worker pool, the plain loop and
 the interleaved timing) are shared with ``fedsqueeze bench throughput``.
+
+``--device`` (default cpu): both sides compute there (the plain loop keeps its data and model on the
+device too; rounds end with a ``torch.cuda.synchronize``), under the engine's reproducibility
+switches. Each row also times the evaluation of the whole test set on that device (median of 5).
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from fedsqueeze.seeding import derive_seed
 
 
 def bench_config(model: str, *, dataset: str = "fashion_mnist", data_dir: str | None = None, k: int = 10,
-                 workers: int = 0) -> Config:
+                 workers: int = 0, device: str = "cpu") -> Config:
     """The benchmark federation: FedAvg, fp32 both ways, 100 Dirichlet(0.5) clients, ``k`` per round,
     no evaluation or checkpoints (``rounds`` is large because rounds are driven one at a time)."""
     return from_dict({
@@ -40,7 +44,7 @@ def bench_config(model: str, *, dataset: str = "fashion_mnist", data_dir: str | 
         "data": {"source": dataset, "dir": data_dir or "", "num_clients": 100, "partition": "dirichlet", "alpha": 0.5},
         "model": {"name": model}, "train": {"clients_per_round": k, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
         "algorithm": {"name": "fedavg"}, "codec": {"up": "fp32", "down": "fp32"},
-        "eval": {"every": 0, "personal_every": 0}, "engine": {"checkpoint_every": 0, "workers": workers}})
+        "eval": {"every": 0, "personal_every": 0}, "engine": {"checkpoint_every": 0, "workers": workers, "device": device}})
 
 
 @contextmanager
@@ -67,10 +71,12 @@ class PlainLoop:
     def __init__(self, sim: Simulation) -> None:
         cfg = sim.cfg
         self.cfg = cfg
-        self.x, self.y = sim.dataset.x_train, sim.dataset.y_train
-        self.parts = [torch.from_numpy(p) for p in sim.partition.train]
-        self.model = build_model(cfg.model.name, sim.dataset.input_shape, sim.dataset.num_classes)
-        self.weights = {k: v.clone() for k, v in sim.runtime.initial_weights().items()}
+        self.device = dev = sim.runtime.device
+        data = sim.runtime.dataset  # on the device
+        self.x, self.y = data.x_train, data.y_train
+        self.parts = [torch.from_numpy(p).to(dev) for p in sim.partition.train]
+        self.model = build_model(cfg.model.name, data.input_shape, data.num_classes).to(dev)
+        self.weights = {k: v.clone().to(dev) for k, v in sim.runtime.initial_weights().items()}
 
     def round(self, rnd: int) -> None:
         cfg = self.cfg
@@ -86,6 +92,7 @@ class PlainLoop:
             opt = torch.optim.SGD(self.model.parameters(), lr=cfg.train.lr)
             self.model.train()
             for idx in batch_indices(n, cfg.train.batch_size, epochs=cfg.train.local_epochs, steps=0, seed=seed):
+                idx = idx.to(self.device)
                 opt.zero_grad(set_to_none=True)
                 loss = nn.functional.cross_entropy(self.model(x[idx]), y[idx])
                 loss.backward()
@@ -95,6 +102,13 @@ class PlainLoop:
             for k in acc:
                 acc[k] += (state[k] - self.weights[k]).to(torch.float64) * (n / total)
         self.weights = {k: self.weights[k] + acc[k].to(self.weights[k].dtype) for k in self.weights}
+        synchronize(self.device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings of CUDA code must include it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def interleaved(sides: dict[str, Callable[[int], object]], rounds: int,
@@ -121,20 +135,41 @@ def interleaved(sides: dict[str, Callable[[int], object]], rounds: int,
 
 def max_weight_diff(sim: Simulation, plain: PlainLoop) -> float:
     """Largest absolute difference between the engine's and the plain loop's global weights."""
-    return max(float((sim.server_state["weights"][n] - plain.weights[n]).abs().max()) for n in plain.weights)
+    return max(float((sim.server_state["weights"][n].cpu() - plain.weights[n].cpu()).abs().max())
+               for n in plain.weights)
+
+
+def eval_seconds(sim: Simulation, repeats: int = 5, batch_size: int = 1000) -> float:
+    """Median seconds to evaluate the global model on the whole test set, on the engine's device."""
+    from fedsqueeze.metrics.evaluate import evaluate
+
+    model = sim.runtime.module("model")
+    model.load_state_dict(sim.server_state["weights"], strict=False)
+    data = sim.runtime.dataset
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        t0 = time.perf_counter()
+        evaluate(model, data.x_test, data.y_test, batch_size)  # reads the counts back: synchronous
+        synchronize(sim.runtime.device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
 
 
 def measure(model: str, *, dataset: str = "fashion_mnist", data_dir: str | None = None, k: int = 10,
-            rounds: int = 5, data=None, workers: int = 0) -> dict:
+            rounds: int = 5, data=None, workers: int = 0, device: str = "cpu") -> dict:
+    from fedsqueeze.engine.device import compute_mode
+
     torch.set_num_threads(1)
-    cfg = bench_config(model, dataset=dataset, data_dir=data_dir, k=k, workers=workers)
-    with engine_side(cfg, data) as sim:
+    cfg = bench_config(model, dataset=dataset, data_dir=data_dir, k=k, workers=workers, device=device)
+    with engine_side(cfg, data) as sim, compute_mode([sim.runtime.device], cfg.engine.deterministic, cfg.engine.tf32):
         plain = PlainLoop(sim)
         times = interleaved({"engine": sim.run_round, "plain": plain.round}, rounds)
         diff = max_weight_diff(sim, plain)
+        eval_s = eval_seconds(sim)
     e, p = statistics.median(times["engine"]), statistics.median(times["plain"])
-    return {"model": model, "clients_per_round": k, "rounds": rounds, "engine_s_per_round": e,
-            "plain_s_per_round": p, "ratio": e / p, "max_abs_weight_diff": diff}
+    return {"model": model, "device": str(sim.runtime.device), "clients_per_round": k, "rounds": rounds,
+            "engine_s_per_round": e, "plain_s_per_round": p, "ratio": e / p, "max_abs_weight_diff": diff,
+            "eval_s": eval_s, "test_samples": int(len(sim.dataset.y_test))}
 
 
 def main(args) -> int:
@@ -143,7 +178,7 @@ def main(args) -> int:
 
     from fedsqueeze.bench.report import print_environment
 
-    console = Console()
+    console = Console(width=150)
     torch.set_num_threads(1)
     console.print("[bold]bench engine[/]: FedAvg round, engine vs plain PyTorch loop (alternated, medians)")
     print_environment(console)
@@ -151,13 +186,15 @@ def main(args) -> int:
     rows = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         rows.append(measure(model, dataset=args.dataset, data_dir=args.data_dir, k=args.clients_per_round,
-                            rounds=args.rounds, data=data))
+                            rounds=args.rounds, data=data, device=getattr(args, "device", None) or "cpu"))
     t = Table(title="engine vs plain PyTorch (s per round, median)")
-    for col in ("model", "clients/round", "rounds", "engine s", "plain s", "engine/plain", "max |Δw|"):
+    for col in ("model", "device", "clients/round", "rounds", "engine s", "plain s", "engine/plain", "max |Δw|",
+                "eval s"):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(r["model"], str(r["clients_per_round"]), str(r["rounds"]), f"{r['engine_s_per_round']:.3f}",
-                  f"{r['plain_s_per_round']:.3f}", f"{r['ratio']:.3f}", f"{r['max_abs_weight_diff']:.1e}")
+        t.add_row(r["model"], r["device"], str(r["clients_per_round"]), str(r["rounds"]),
+                  f"{r['engine_s_per_round']:.3f}", f"{r['plain_s_per_round']:.3f}", f"{r['ratio']:.3f}",
+                  f"{r['max_abs_weight_diff']:.1e}", f"{r['eval_s']:.4f}")
     console.print(t)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

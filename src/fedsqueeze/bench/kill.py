@@ -71,11 +71,22 @@ def _child(cfg_dict: dict, run_dir: str, crash: str | None, resume: bool) -> Non
     os._exit(code)
 
 
+def _clear_run(run_dir: Path) -> None:
+    """Remove a previous bench run folder; a folder that is not a run (the user's, in ``--out``) is refused."""
+    from fedsqueeze.engine import rundir
+    from fedsqueeze.errors import FedsqueezeError
+
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink() or (run_dir.exists() and not rundir.only_run_files(run_dir)):
+        raise FedsqueezeError(f"{run_dir} exists and is not a run folder this bench made; choose another --out")
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _reference_run(cfg_dict: dict, run_dir: Path) -> None:
     from fedsqueeze.config import from_dict
     from fedsqueeze.engine.simulation import Simulation
 
-    shutil.rmtree(run_dir, ignore_errors=True)
+    _clear_run(run_dir)
     Simulation(from_dict(cfg_dict), run_dir, dataset=_DATASET).run()
 
 
@@ -190,7 +201,7 @@ def run_kills(points: int, *, seed: int = 0, rounds: int = 6, work: Path | None 
         plan = list(rng.permutation(POINTS)) + list(rng.choice(POINTS, size=max(0, points - len(POINTS))))
         while report.kills < points:
             run_dir = work / f"killed-{report.runs}"
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _clear_run(run_dir)
             finished = False
             while report.kills < points and not finished:
                 point = str(plan[report.kills])

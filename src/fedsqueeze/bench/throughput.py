@@ -48,13 +48,18 @@ def _engine_mode(workers: int) -> str:
 # ---- speed ------------------------------------------------------------------------------------------
 def measure_speed(model: str, *, workers: tuple[int, ...] = (0, 1, 2), rounds: int = 5, k: int = 10,
                   dataset: str = "fashion_mnist", data_dir: str | None = None, data=None,
-                  progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                  progress: Callable[[str], None] | None = None, device: str = "cpu") -> list[dict[str, Any]]:
     """One row per side (the plain loop first, then each engine worker mode): median seconds per
     round, client updates per second, ratio vs the plain loop and the final-weight difference."""
     torch.set_num_threads(1)
     with ExitStack() as stack:
         sims = {w: stack.enter_context(engine_side(bench_config(model, dataset=dataset, data_dir=data_dir, k=k,
-                                                                workers=w), data)) for w in workers}
+                                                                workers=w, device=device), data))
+                for w in workers}
+        from fedsqueeze.engine.device import compute_mode
+        first = next(iter(sims.values()))
+        stack.enter_context(compute_mode([first.runtime.device], first.cfg.engine.deterministic,
+                                         first.cfg.engine.tf32))
         plain = PlainLoop(next(iter(sims.values())))
         sides: dict[str, Callable[[int], object]] = {PLAIN: plain.round}
         sides.update({_engine_mode(w): sim.run_round for w, sim in sims.items()})
@@ -75,7 +80,7 @@ def measure_speed(model: str, *, workers: tuple[int, ...] = (0, 1, 2), rounds: i
     rows = []
     for side, ts in times.items():
         s = statistics.median(ts)
-        rows.append({"model": model, "mode": side, "workers": worker_count.get(side, ""),
+        rows.append({"model": model, "device": str(first.runtime.device), "mode": side, "workers": worker_count.get(side, ""),
                      "clients_per_round": k, "rounds": rounds, "s_per_round": s, "updates_per_s": k / s,
                      "ratio_vs_plain": plain_s / s, "max_abs_weight_diff": diffs.get(side, 0.0)})
     return rows
@@ -274,7 +279,8 @@ def main(args) -> int:
         for model in models:
             speed += measure_speed(model, workers=tuple(workers), rounds=args.rounds, k=args.clients_per_round,
                                    dataset=args.dataset, data_dir=args.data_dir, data=data,
-                                   progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+                                   progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+                                   device=getattr(args, "device", None) or "cpu")
         del data
         _speed_table(console, speed)
         _write_csv(out / "throughput.csv", speed)

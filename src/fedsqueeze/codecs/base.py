@@ -10,13 +10,46 @@ Randomness comes only from the seed: same input and seed, same bytes.
 
 Stateful tricks (error feedback) override ``encode_stateful``; the engine keeps the state in the
 client (or server) state store, never in the codec object.
+
+Devices (issue #17 item 2). Inputs may live on any device; the bytes never depend on which:
+
+- ``encode`` (and ``encode_stateful``) first moves every input to the CPU with ``host_tensors``:
+  detached, contiguous, same dtype (a copy only when the tensor is elsewhere or non-contiguous).
+  All arithmetic of every codec then runs on the CPU, so a CUDA tensor encodes to exactly the bytes
+  of the same values on the CPU. ``meta`` tensors (no values) are refused with a ``CodecError``.
+- ``decode(payload, device=None)`` decodes on the CPU and returns CPU tensors, or, with ``device``,
+  the same tensors moved there once at the end (``place``). Decoded values never depend on the
+  device: ``decode(p, device="cuda")`` equals ``decode(p)`` moved to the GPU, bit for bit.
+- State returned by ``encode_stateful`` (error-feedback residuals, PowerSGD's warm-start ``Q``) is
+  always on the CPU; state handed in may be on any device (the engine may move client states to
+  the GPU and back) and is moved to the CPU before use.
+
+Per codec, why the safe CPU path (no codec opts into a device path today):
+
+- ``fp32``, ``fp16``, ``bf16``: element-wise casts (round to nearest) would give the same bytes on a
+  GPU, but there is nothing to gain: the payload has to come to the CPU anyway.
+- ``topk``, ``randk``, ``rowsparse``: selection by exact comparisons and copies (numpy); exact on any
+  device in principle, but ``torch.topk`` breaks ties differently on CUDA, and the values are needed
+  on the CPU to be written.
+- ``signsgd``, ``terngrad``, ``qsgd``, ``threelc``: sign/level bits are exact, but the per-tensor
+  scales (``||p||_1``, RMS, bucket ``||v||_2``) are fp32 reductions whose summation order differs
+  between devices (and between CPU builds); ``terngrad``/``qsgd`` also draw from the CPU generator.
+- ``drive``, ``eden``: the Hadamard butterfly is only additions and subtractions (exact order), but
+  the row scales are fp32 norms (reduction order) and EDEN's inner products too.
+- ``svd``, ``powersgd``: LAPACK vs cuSOLVER (QR, SVD) and matmul order give different factors (and
+  singular-vector signs): never identical bytes.
+- ``rdq``: ``x / u`` and rounding are element-wise, but ``normalize`` and the budget mode use
+  reductions (RMS), and the step search re-encodes; the ANS/γ coders are numpy.
+- ``ef``: the residual arithmetic is element-wise, around an inner codec that runs on the CPU.
+- ``pipeline``: every stage (``svd.forward``/``inverse``) runs on the CPU; only the final decoded
+  tensors are moved to ``device``.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union
 
 import torch
 
@@ -26,6 +59,7 @@ from fedsqueeze.wire.payload import Header, TensorSpec, pack, unpack
 from fedsqueeze.wire.varint import Reader, write_chunk
 
 Tensors = dict[str, torch.Tensor]
+DeviceLike = Union[str, torch.device, int, None]  # what ``decode(device=...)`` accepts
 DEFAULT_MAX_NUMEL = 1 << 27  # 128 M elements (512 MB as fp32) unless the caller says otherwise
 
 
@@ -62,10 +96,10 @@ class Codec:
 
     # ---- public API ------------------------------------------------------------------------
     def encode(self, tensors: Mapping[str, torch.Tensor], *, seed: int = 0) -> bytes:
+        tensors = host_tensors(tensors)  # every codec computes on the CPU: same bytes from any device
         specs = tuple(TensorSpec.of(name, t) for name, t in tensors.items())
         values = []
         for spec, t in zip(specs, tensors.values()):
-            t = t.detach()
             if t.is_floating_point():
                 t = t.to(torch.float32)
                 # a sum is NaN/Inf when any element is (cheap); only then look closer (overflow)
@@ -81,12 +115,14 @@ class Codec:
         return self.encode(tensors, seed=seed), state
 
     def decode(self, data: bytes, *, expect: Sequence[TensorSpec] | None = None,
-               max_numel: int = DEFAULT_MAX_NUMEL) -> Tensors:
-        """Decode a payload of this codec. ``expect``: the specs the receiver knows must arrive."""
+               max_numel: int = DEFAULT_MAX_NUMEL, device: DeviceLike = None) -> Tensors:
+        """Decode a payload of this codec. ``expect``: the specs the receiver knows must arrive;
+        ``device``: where the returned tensors go (default: the CPU, where decoding always runs)."""
+        target = resolve_device(device)
         header, body = unpack(data)
         if header.codec_id != self.codec_id:
             raise PayloadError(f"payload was encoded by {header.codec_id!r}, expected {self.codec_id!r}")
-        return decode_with(type(self), header, body, expect=expect, max_numel=max_numel)
+        return decode_with(type(self), header, body, expect=expect, max_numel=max_numel, device=target)
 
     # ---- hooks -------------------------------------------------------------------------------
     def encode_body(self, values: list[torch.Tensor], specs: Sequence[TensorSpec], seed: int) -> bytes:
@@ -127,6 +163,54 @@ class Codec:
         raise NotImplementedError
 
 
+def host(t: torch.Tensor, name: str = "") -> torch.Tensor:
+    """``t``'s values on the CPU: detached, contiguous, same dtype (sharing ``t``'s memory when it already is).
+
+    A ``meta`` tensor has no values and is refused (``CodecError``)."""
+    if not isinstance(t, torch.Tensor):
+        raise CodecError(f"tensor {name!r} is a {type(t).__name__}, not a torch.Tensor")
+    if t.device.type == "meta":
+        raise CodecError(f"tensor {name!r} is on the meta device (a shape without values); "
+                         "codecs need real values")
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    return t.contiguous()
+
+
+def host_tensors(tensors: Mapping[str, torch.Tensor]) -> Tensors:
+    """Every tensor of ``tensors`` on the CPU (``host``), in the same order."""
+    return {name: host(t, name) for name, t in tensors.items()}
+
+
+def host_state(state: Any) -> Any:
+    """Codec state (nested dicts/lists of tensors) with every tensor detached and on the CPU."""
+    if isinstance(state, torch.Tensor):
+        return host(state)
+    if isinstance(state, dict):
+        return {k: host_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(host_state(v) for v in state)
+    return state
+
+
+def resolve_device(device: DeviceLike) -> torch.device | None:
+    """``None`` (the CPU), or ``device`` as a ``torch.device`` (``CodecError`` if it is not one)."""
+    if device is None:
+        return None
+    try:
+        return device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise CodecError(f"decode: {device!r} is not a device (write e.g. 'cpu', 'cuda', 'cuda:1')") from e
+
+
+def place(tensors: Tensors, device: torch.device | None) -> Tensors:
+    """``tensors`` moved to ``device`` (unchanged for ``None`` or the CPU)."""
+    if device is None or device.type == "cpu":
+        return tensors
+    return {name: t.to(device) for name, t in tensors.items()}
+
+
 def raw_tensor(chunk: memoryview, spec: TensorSpec) -> torch.Tensor:
     """A tensor stored as its raw little-endian bytes; the length must match exactly."""
     itemsize = torch.empty((), dtype=spec.dtype).element_size()
@@ -136,8 +220,10 @@ def raw_tensor(chunk: memoryview, spec: TensorSpec) -> torch.Tensor:
 
 
 def decode_with(cls: type[Codec], header: Header, body: memoryview, *,
-                expect: Sequence[TensorSpec] | None, max_numel: int) -> Tensors:
-    """Rebuild the sender's codec from the header's config (validated) and decode the body."""
+                expect: Sequence[TensorSpec] | None, max_numel: int, device: DeviceLike = None) -> Tensors:
+    """Rebuild the sender's codec from the header's config (validated) and decode the body (on the
+    CPU); the tensors are returned on ``device`` (default: the CPU)."""
+    target = resolve_device(device)
     if expect is not None and tuple(header.tensors) != tuple(expect):
         got = [(s.name, s.shape) for s in header.tensors]
         want = [(s.name, s.shape) for s in expect]
@@ -159,7 +245,7 @@ def decode_with(cls: type[Codec], header: Header, body: memoryview, *,
     out: Tensors = {}
     for spec, x in zip(header.tensors, values):
         out[spec.name] = x.to(spec.dtype) if x.dtype != spec.dtype else x
-    return out
+    return place(out, target)
 
 
 def _jsonable(v: Any) -> Any:

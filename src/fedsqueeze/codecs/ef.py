@@ -14,7 +14,9 @@ and any receiver decodes it with ``decode_any`` without knowing that EF was used
 simply delegates. No bytes are spent on the wrapper.
 
 State (kept by the caller, e.g. the engine's client state store, never in the codec): a dict of
-fp32 residual tensors by name, or None before the first call. ``encode`` without state uses a
+fp32 residual tensors by name, or None before the first call. The residuals returned are on the
+CPU; residuals handed in may be on any device (moved to the CPU first), as may the inputs: the bytes
+and the new residuals do not depend on the device (see ``codecs.base``). ``encode`` without state uses a
 zero residual (plain inner encoding). Integer tensors pass through untouched and carry no
 residual; other float dtypes are corrected in fp32 and sent in their own dtype (the rounding
 lands in the residual). The sender decodes its own payload once per call to learn ``C(x + e)`` exactly as the receiver
@@ -29,7 +31,7 @@ from typing import Any
 
 import torch
 
-from fedsqueeze.codecs.base import DEFAULT_MAX_NUMEL, Codec, Tensors
+from fedsqueeze.codecs.base import DEFAULT_MAX_NUMEL, Codec, DeviceLike, Tensors, host, host_tensors
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.wire.payload import TensorSpec
 
@@ -60,8 +62,8 @@ class ErrorFeedback(Codec):
         return self.codec.encode(tensors, seed=seed)
 
     def decode(self, data: bytes, *, expect: Sequence[TensorSpec] | None = None,
-               max_numel: int = DEFAULT_MAX_NUMEL) -> Tensors:
-        return self.codec.decode(data, expect=expect, max_numel=max_numel)
+               max_numel: int = DEFAULT_MAX_NUMEL, device: DeviceLike = None) -> Tensors:
+        return self.codec.decode(data, expect=expect, max_numel=max_numel, device=device)
 
     def decode_body(self, body: memoryview, specs: Sequence[TensorSpec], seed: int) -> list[torch.Tensor]:
         raise PayloadError("a payload names codec 'ef', but error feedback sends the inner codec's payload")
@@ -70,12 +72,12 @@ class ErrorFeedback(Codec):
                         state: Any) -> tuple[bytes, dict[str, torch.Tensor]]:
         residual = state or {}
         wanted, to_send = {}, {}
-        for name, t in tensors.items():
-            t = t.detach()
+        for name, t in host_tensors(tensors).items():  # on the CPU, like every codec's arithmetic
             if t.is_floating_point():
                 want = t.to(torch.float32)
                 e = residual.get(name)
                 if e is not None:
+                    e = host(e, name)  # the engine may hand the residual back on a device
                     if e.shape != t.shape:
                         raise CodecError(f"ef: residual for {name!r} has shape {tuple(e.shape)}, the tensor "
                                          f"{tuple(t.shape)}; reset the state after changing the model")

@@ -11,6 +11,10 @@ shapes and dtypes of the intermediate tensors (e.g. the SVD factors, whose rank 
 themselves. The nested header costs ~15 bytes plus the intermediate names; it is counted like every
 other byte. Stage ``i`` draws its randomness from ``derive_seed(seed, "stage", i)``.
 
+Devices: the pipeline encodes on the CPU like every codec (inputs on any device, moved first by
+``Codec.encode``), its transforms run on the CPU, the nested payload is decoded on the CPU, and only
+the final tensors go to ``decode(..., device=...)`` (see ``codecs.base``).
+
 Config: ``stages``, the stage specs as strings (``"rdq(step=0.01)"``); the default ``("fp32",)`` is
 the degenerate one-stage pipeline. Stateful stages (error feedback) are refused: the pipeline keeps
 no state.

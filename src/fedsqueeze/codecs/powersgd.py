@@ -18,7 +18,8 @@ State (``encode_stateful``; ``stateful = True``): ``{"q": {name: Q'}, "residual"
   rank-r approximation;
 - error feedback: the next call compresses ``M + e`` and keeps ``e ← (M + e) − M̂``, so nothing is
   lost, only delayed.
-Plain ``encode`` is stateless: ``Q`` starts as N(0, 1) draws from the per-tensor seed.
+Plain ``encode`` is stateless: ``Q`` starts as N(0, 1) draws from the per-tensor seed. The state
+returned is on the CPU; state handed in may be on any device (it is moved to the CPU first).
 
 Body of a matrix: ``P̂`` (out x r) then ``Q'`` (in·k·k x r), float32 little-endian, row-major;
 ``r`` follows from the config and the shape, so the length is checked exactly. Other tensors:
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedsqueeze.codecs.base import Codec
+from fedsqueeze.codecs.base import Codec, host_state, host_tensors
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.seeding import derive_seed
 
@@ -114,13 +115,14 @@ class PowerSGD(Codec):
     def encode_stateful(self, tensors: Mapping[str, torch.Tensor], *, seed: int,
                         state: Any) -> tuple[bytes, Any]:
         state = state if isinstance(state, dict) else {}
-        old_q = state.get("q", {}) if self.warm_start else {}
-        old_res = state.get("residual", {}) if self.error_feedback else {}
+        # state may come back on a device (the engine moves client states): compute on the CPU
+        old_q = host_state(state.get("q", {})) if self.warm_start else {}
+        old_res = host_state(state.get("residual", {})) if self.error_feedback else {}
         inputs: dict[str, torch.Tensor] = {}
-        for name, t in tensors.items():
+        for name, t in host_tensors(tensors).items():
             e = old_res.get(name)
             if e is not None and t.is_floating_point() and tuple(e.shape) == tuple(t.shape):
-                t = t.detach().to(torch.float32) + e
+                t = t.to(torch.float32) + e
             inputs[name] = t
         warm = {derive_seed(seed, i): (name, old_q.get(name)) for i, name in enumerate(inputs)}
         sink: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

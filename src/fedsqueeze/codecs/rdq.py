@@ -60,7 +60,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
-from fedsqueeze.codecs.base import Codec
+from fedsqueeze.codecs.base import Codec, host_tensors
 from fedsqueeze.codecs.bits import decode_records, encode_records
 from fedsqueeze.codecs.entropy import decode_symbols, encode_symbols
 from fedsqueeze.errors import CodecError, PayloadError
@@ -112,7 +112,7 @@ class RDQ(Codec):
     def encode(self, tensors: Mapping[str, torch.Tensor], *, seed: int = 0) -> bytes:
         if not self.target_bytes:
             return super().encode(tensors, seed=seed)
-        return fit_to_bytes(self, tensors, seed)
+        return fit_to_bytes(self, host_tensors(tensors), seed)  # the step search on the CPU too
 
     # ---- quantisation ---------------------------------------------------------------------------
     def _unit(self, x: torch.Tensor) -> float:
@@ -214,6 +214,7 @@ def fit_to_bytes(codec: RDQ, tensors: Mapping[str, torch.Tensor], seed: int, *, 
     The payload's header records the step that was chosen (and target_bytes = 0).
     """
     target = codec.target_bytes
+    tensors = host_tensors(tensors)  # the RMS guess is a reduction: on the CPU, as every encode
     base = dataclasses.replace(codec, target_bytes=0)
     floats = [t.detach().reshape(-1).float() for t in tensors.values() if t.is_floating_point()]
     d = sum(t.numel() for t in floats)
@@ -261,7 +262,7 @@ def fit_to_bytes(codec: RDQ, tensors: Mapping[str, torch.Tensor], seed: int, *, 
 def rd_scores(update: Mapping[str, torch.Tensor] | torch.Tensor, candidates: Iterable[float],
               codec: RDQ | None = None, seed: int = 0) -> list[tuple[float, float, float]]:
     """(step, D = MSE per parameter, R = bits per parameter of the real payload) per candidate."""
-    tensors = {"update": update} if isinstance(update, torch.Tensor) else dict(update)
+    tensors = host_tensors({"update": update} if isinstance(update, torch.Tensor) else dict(update))
     floats = {k: v for k, v in tensors.items() if v.is_floating_point()}
     d = sum(v.numel() for v in floats.values())
     if not d:

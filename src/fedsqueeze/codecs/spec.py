@@ -87,12 +87,14 @@ def make_codec(spec: "str | Mapping[str, Any] | list | Codec") -> Codec:
     return CODECS.get(name).from_config(params)
 
 
-def decode_any(data: bytes, *, allowed: set[str] | None = None, **kw: Any):
-    """Decode a payload of any registered codec (named in its header); ``allowed`` limits which."""
-    from fedsqueeze.codecs.base import decode_with
+def decode_any(data: bytes, *, allowed: set[str] | None = None, device: Any = None, **kw: Any):
+    """Decode a payload of any registered codec (named in its header); ``allowed`` limits which.
+    ``device``: where the returned tensors go (default: the CPU, where decoding always runs)."""
+    from fedsqueeze.codecs.base import decode_with, resolve_device
     from fedsqueeze.errors import PayloadError, RegistryError
     from fedsqueeze.wire.payload import unpack
 
+    target = resolve_device(device)
     header, body = unpack(data)
     if allowed is not None and header.codec_id not in allowed:
         raise PayloadError(f"codec {header.codec_id!r} is not accepted here (allowed: {sorted(allowed)})")
@@ -100,4 +102,5 @@ def decode_any(data: bytes, *, allowed: set[str] | None = None, **kw: Any):
         cls = CODECS.get(header.codec_id)
     except RegistryError as e:
         raise PayloadError(f"payload names unknown codec {header.codec_id!r}") from e
-    return decode_with(cls, header, body, expect=kw.get("expect"), max_numel=kw.get("max_numel", 1 << 27))
+    return decode_with(cls, header, body, expect=kw.get("expect"), max_numel=kw.get("max_numel", 1 << 27),
+                       device=target)

@@ -22,7 +22,9 @@ float64 and rounds once to float32, so it is reproducible across BLAS libraries 
 
 As a transform (pipelines, the FedKD algorithm): ``forward(tensors, seed)`` returns the factors as
 tensors named ``"<name>/U"``, ``"<name>/S"``, ``"<name>/V"`` (other tensors unchanged under their own
-name) and ``inverse(factors, specs)`` rebuilds the tensors, validating every factor's shape.
+name) and ``inverse(factors, specs)`` rebuilds the tensors, validating every factor's shape. Both
+take tensors on any device and compute on the CPU: the factors and the rebuilt tensors are CPU
+tensors; tensors ``forward`` does not factorise pass through as they are (see ``codecs.base``).
 
 Where FedKD's released code differs from the paper (we implement the paper):
 - the reconstruction multiplies ``U`` by ``Vᵀ`` without ``diag(σ)``;
@@ -38,7 +40,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from fedsqueeze.codecs.base import Codec, Tensors
+from fedsqueeze.codecs.base import Codec, Tensors, host
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.wire.payload import TensorSpec
 from fedsqueeze.wire.varint import Reader, encode_varint
@@ -133,6 +135,7 @@ class SVD(Codec):
         out: Tensors = {}
         for name, t in tensors.items():
             if factorizable(TensorSpec.of(name, t)):
+                t = host(t, name)  # factorised on the CPU (LAPACK), as in encode
                 if t.dtype != torch.float32:
                     t = t.to(torch.float32)
                 if not bool(torch.isfinite(t).all()):
@@ -150,6 +153,7 @@ class SVD(Codec):
     def inverse(self, factors: Mapping[str, torch.Tensor], specs: Sequence[TensorSpec]) -> Tensors:
         """The tensors described by ``specs`` rebuilt from ``forward``'s output (PayloadError if a
         factor is missing, extra, or of the wrong shape)."""
+        factors = {k: host(v, k) if isinstance(v, torch.Tensor) else v for k, v in factors.items()}
         out: Tensors = {}
         used = 0
         for spec in specs:

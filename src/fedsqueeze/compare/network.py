@@ -112,6 +112,9 @@ def parse_profiles(specs: Any, *, where: str = "network") -> list[NetworkProfile
     if not isinstance(specs, list) or not specs:
         raise ConfigError(f"{where}: network must be a profile name, a table, or a list of them")
     out = [profile(s, where=where) for s in specs]
+    from fedsqueeze.config import check_name
+    for p in out:  # a profile's name is part of a plot's file name
+        check_name(p.name, f"{where}: network profile name")
     names = [p.name for p in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: network profile names must be unique")

@@ -2,13 +2,13 @@
 
 Each run lives in ``OUT/<suite>/<run>/`` (a normal run folder). A finished run whose saved config
 equals the planned one is skipped; an interrupted one resumes from its checkpoint; a folder made
-with a different config is refused unless the run is named in ``rerun`` (then it starts afresh).
+with a different config is refused unless the run is named in ``rerun`` (then it starts afresh: its
+own files are replaced, nothing outside its folder is touched — see ``fedsqueeze.engine.rundir``).
 """
 from __future__ import annotations
 
 import json
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -18,10 +18,12 @@ from typing import Any
 from fedsqueeze.compare import table as tbl
 from fedsqueeze.compare.suite import RunSpec, Suite
 from fedsqueeze.config import Config, from_dict
+from fedsqueeze.engine import rundir
 from fedsqueeze.errors import ConfigError, MissingExtraError
 
-# config keys that do not change results: the run's name and where/how it is executed
-_NEUTRAL = ("name", "output_dir", "engine.workers")
+# config keys that do not change results: the run's name and where/how it is executed (the device
+# changes floating-point rounding only: a run finished on one device counts as done on another)
+_NEUTRAL = ("name", "output_dir", "engine.workers", "engine.device", "engine.devices")
 
 
 def _comparable(cfg: dict) -> dict:
@@ -40,7 +42,7 @@ def _comparable(cfg: dict) -> dict:
     return cfg
 
 
-def plan(spec: RunSpec, workers: int | None) -> tuple[Config, str]:
+def plan(spec: RunSpec, workers: int | None, device: str | None = None) -> tuple[Config, str]:
     cfg = spec.config
     note = ""
     if spec.budget_mb:
@@ -50,6 +52,10 @@ def plan(spec: RunSpec, workers: int | None) -> tuple[Config, str]:
     if workers is not None:
         raw = cfg.to_dict()
         raw["engine"]["workers"] = workers
+        cfg = from_dict(raw)
+    if device is not None:
+        raw = cfg.to_dict()
+        raw["engine"]["device"] = device
         cfg = from_dict(raw)
     return cfg, note
 
@@ -70,7 +76,7 @@ def status(run_dir: Path, cfg: Config) -> str:
     return "resume" if (run_dir / "checkpoint.pt").exists() or (run_dir / "checkpoint.prev.pt").exists() else "fresh"
 
 
-def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, rerun: tuple[str, ...] = (),
+def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, device: str | None = None, rerun: tuple[str, ...] = (),
               only: tuple[str, ...] = (), console: Any = None,
               progress_factory: Callable[[Config], tuple[Any, Any]] | None = None) -> dict[str, Any]:
     import fedsqueeze
@@ -83,13 +89,14 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, reru
     chosen = [r for r in suite.runs if not only or r.name in only]
     for i, spec in enumerate(chosen, 1):
         run_dir = out_dir / spec.name
-        cfg, note = plan(spec, workers)
+        if not rundir.inside(run_dir, out_dir):  # names are checked by load_suite; belt and braces
+            raise ConfigError(f"suite run {spec.name!r} would live outside {out_dir}; rename it")
+        cfg, note = plan(spec, workers, device)
         state = status(run_dir, cfg)
         if state == "changed" and spec.name not in rerun:
             raise ConfigError(f"{run_dir} was made with a different config than suite run {spec.name!r} now has; "
                               f"pass --rerun {spec.name} to start it afresh (or delete the folder)")
-        if spec.name in rerun and run_dir.exists():
-            shutil.rmtree(run_dir)
+        if spec.name in rerun:  # replace the run's own files, inside its folder only (nothing is rmtree'd)
             state = "fresh"
         head = f"[{i}/{len(chosen)}] {spec.name}"
         if state == "done":
@@ -104,7 +111,9 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, reru
             prog, update = progress_factory(cfg)
             prog.start()
         try:
-            fedsqueeze.run(cfg, run_dir=run_dir, resume=state == "resume", progress=update, plot=False)
+            # "fresh" over an existing folder: this run's own leftovers (same config, no checkpoint) or --rerun
+            fedsqueeze.run(cfg, run_dir=run_dir, resume=state == "resume", overwrite=state == "fresh",
+                           progress=update, plot=False)
         finally:
             if prog is not None:
                 prog.stop()

@@ -22,21 +22,19 @@ of them is refused — results on different federations are not comparable.
 from __future__ import annotations
 
 import copy
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedsqueeze.compare.network import NetworkProfile, parse_profiles
-from fedsqueeze.config import Config, from_dict
+from fedsqueeze.config import Config, check_name, from_dict
 from fedsqueeze.errors import ConfigError
 
 # keys that define the federation: runs may not change them
 FEDERATION_KEYS = ("data", "seed", "rounds", "train.clients_per_round", "train.client_fraction")
 _SUITE_KEYS = {"name", "base", "baseline", "baselines", "target", "network", "base_set", "run", "description"}
 _RUN_KEYS = {"name", "set", "algorithm", "budget_mb", "label"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 @dataclass
@@ -109,14 +107,16 @@ def load_suite(path: str | Path) -> Suite:
         raise ConfigError(f"{base_path}: invalid TOML: {e}") from e
     for key, value in (raw.get("base_set") or {}).items():
         _set_dotted(base, key, value, f"{path} [base_set]")
+    suite_name = check_name(raw.get("name", path.stem), f"{path}: suite key 'name'")
     entries = raw.get("run") or []
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: the suite has no runs; add [[run]] tables with a name")
     runs: list[RunSpec] = []
     for i, entry in enumerate(entries):
         where = f"{path} run #{i + 1}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not _NAME.match(entry["name"]):
-            raise ConfigError(f"{where}: every [[run]] needs a name of letters, digits, '_', '-', '.', '+'")
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{where}: every [[run]] needs a name, e.g. name = \"fedavg-topk\"")
+        check_name(entry["name"], f"{where}: [[run]] key 'name'")
         where = f"{path} run {entry['name']!r}"
         bad = set(entry) - _RUN_KEYS
         if bad:
@@ -132,7 +132,7 @@ def load_suite(path: str | Path) -> Suite:
                     raise ConfigError(f"{where}: {key!r} would change the federation; every run of a suite "
                                       "shares data, seed, rounds and clients per round (change the base instead)")
             _set_dotted(cfg_raw, key, value, where)
-        cfg_raw["name"] = f"{raw.get('name', path.stem)}-{entry['name']}"
+        cfg_raw["name"] = f"{suite_name}-{entry['name']}"
         budget = entry.get("budget_mb", 0.0)
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
             raise ConfigError(f"{where}: budget_mb must be a number of megabytes > 0")
@@ -158,5 +158,5 @@ def load_suite(path: str | Path) -> Suite:
     if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1):
         raise ConfigError(f"{path}: target must be an accuracy in (0, 1], e.g. target = 0.8")
     networks = parse_profiles(raw.get("network", ["lte"]), where=str(path))
-    return Suite(str(raw.get("name", path.stem)), path, runs, baseline, list(baselines),
+    return Suite(suite_name, path, runs, baseline, list(baselines),
                  float(target) if target is not None else None, networks, str(raw.get("description", "")))

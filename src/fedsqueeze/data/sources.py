@@ -15,9 +15,9 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    # Optional training augmentation, ``augment(x_batch, generator) -> x_batch`` (e.g. CIFAR's crop+flip);
+    # ``ClientContext.batches`` applies it to every training batch. None: batches go as they are.
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = field(default=None, kw_only=True)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -9,14 +9,11 @@ fully in its temp file, not yet renamed), ``checkpoint-rotated`` (the old checkp
 """
 from __future__ import annotations
 
-import io
 import os
 import signal
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import torch
 
 CRASH_ENV = "FEDSQUEEZE_CRASH_AT"
 _armed: tuple[str, int] | None = None
@@ -73,10 +70,11 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, crash_tag: str = "file"
         os.close(dfd)
 
 
-def atomic_torch_save(obj: Any, path: str | Path, *, crash_tag: str = "file") -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue(), crash_tag=crash_tag)
+def atomic_save(obj: Any, path: str | Path, *, crash_tag: str = "file") -> None:
+    """``obj`` in fedsqueeze's non-executable format (``engine.safe_io``), written atomically."""
+    from fedsqueeze.engine import safe_io
+
+    atomic_write_bytes(path, safe_io.dumps(obj), crash_tag=crash_tag)
 
 
 def remove_temp_files(directory: str | Path) -> int:

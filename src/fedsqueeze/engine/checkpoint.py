@@ -3,31 +3,32 @@
 ``checkpoint.pt`` holds the round, the server state, the engine's codec states, the ledger, the
 metrics history and the client-state index; it carries a SHA-256 of its content, is written
 atomically, and the previous checkpoint is kept as ``checkpoint.prev.pt`` so a corrupt latest file
-falls back to the one before. Randomness needs no saved RNG state: every draw is derived from
+falls back to the one before. The content is in ``engine.safe_io``'s format, which cannot run code; a
+checkpoint written by an older fedsqueeze (``FSQCKPT1``: a ``torch.save`` pickle inside) is refused with
+``LegacyRunError``, never unpickled. Randomness needs no saved RNG state: every draw is derived from
 (seed, round, client, purpose) — see ``fedsqueeze.seeding``.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from fedsqueeze.engine import safe_io
 from fedsqueeze.engine.atomic import atomic_write_bytes, crash_point
+from fedsqueeze.engine.state import legacy_message
+from fedsqueeze.errors import LegacyRunError, SafeIOError
 
 LATEST = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 CORRUPT = "checkpoint.corrupt.pt"
-_MAGIC = b"FSQCKPT1"
+_MAGIC = b"FSQCKPT2"  # + SHA-256 of the body + the body (engine.safe_io)
+_LEGACY_MAGIC = b"FSQCKPT1"  # + SHA-256 + a torch.save (pickle) body: refused
 
 
 def save_checkpoint(run_dir: Path, content: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(content, buf)
-    body = buf.getvalue()
+    body = safe_io.dumps(content)
     latest = run_dir / LATEST
     if latest.exists():
         os.replace(latest, run_dir / PREVIOUS)
@@ -40,9 +41,15 @@ def _read(path: Path) -> dict[str, Any] | None:
         raw = path.read_bytes()
     except OSError:
         return None
+    if raw.startswith(_LEGACY_MAGIC) or safe_io.is_legacy_pickle(raw):
+        raise LegacyRunError(legacy_message(path.parent))
     if len(raw) < 40 or raw[:8] != _MAGIC or hashlib.sha256(raw[40:]).digest() != raw[8:40]:
         return None
-    return torch.load(io.BytesIO(raw[40:]), weights_only=False)
+    try:
+        content = safe_io.loads(raw[40:], what=str(path))
+    except SafeIOError:  # intact checksum, malformed body (a crafted file): as corrupt, never trusted
+        return None
+    return content if isinstance(content, dict) else None
 
 
 def restore_checkpoint(run_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:

@@ -14,11 +14,12 @@ def global_accuracy(runtime: Any, algo: Any, server_state: Any, dataset: Any,
                     bs: int) -> tuple[float | None, float | None]:
     """(accuracy, mean loss) of the algorithm's global model on the test set; (None, None) without one."""
     gm = algo.global_model(server_state)
-    if gm is None:
+    if gm is None or len(dataset.y_test) == 0:
         return None, None
     model = runtime.module(gm[0])
     model.load_state_dict(gm[1], strict=False)
-    correct, loss, n = evaluate(model, dataset.x_test, dataset.y_test, bs)
+    data = getattr(runtime, "dataset", dataset)  # the runtime's copy lives on its device
+    correct, loss, n = evaluate(model, data.x_test, data.y_test, bs)
     return correct / n, loss / n
 
 
@@ -27,6 +28,8 @@ def personal_accuracies(runtime: Any, algo: Any, server_state: Any, store: Any, 
     """Per client with a held-out split: (client, correct, n, the algorithm's client_profile).
     Yields nothing when the algorithm has no personalised (or global) model."""
     loaded = None
+    dataset = getattr(runtime, "dataset", dataset)  # the runtime's copy lives on its device
+    device = dataset.x_train.device
     for c in range(num_clients):
         ho = partition.holdout[c]
         if len(ho) == 0:
@@ -40,7 +43,7 @@ def personal_accuracies(runtime: Any, algo: Any, server_state: Any, store: Any, 
         if loaded is not pm[1]:  # clients sharing one model (e.g. the global one) load it once
             model.load_state_dict(pm[1], strict=False)
             loaded = pm[1]
-        idx = torch.from_numpy(ho)
+        idx = torch.from_numpy(ho).to(device)
         correct, _, n = evaluate(model, dataset.x_train[idx], dataset.y_train[idx], bs)
         yield c, correct, n, algo.client_profile(c, client_state)
 

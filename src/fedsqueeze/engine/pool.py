@@ -4,6 +4,12 @@ Workers are forked once per run and inherit the ``Runtime`` (data, partition, al
 models), so a task carries only the client id, the downlink payload bytes and the client's state.
 Results are returned in task order, so aggregation order — and every metric — is unchanged.
 
+Devices: worker i computes on ``engine.devices[i % len]`` (or ``engine.device``); several workers may
+share a GPU. CUDA cannot be forked, so whenever a worker uses CUDA (or ``spawn=True``, which tests use
+on CPU) the pool *spawns* its workers instead: each rebuilds a ``Runtime`` from the config, dataset and
+partition it is sent once at start (an algorithm registered only at run time in the parent process is
+then unknown to the workers: register plugins at import time). Client states cross as CPU tensors.
+
 A client that raises comes back as a ``ClientFailure`` (the worker lives on). When no task has
 finished for ``engine.round_timeout`` seconds, the unfinished ones (a worker that hung or died:
 ``multiprocessing`` would wait for it forever) come back as None — no reply — and the pool is
@@ -12,20 +18,35 @@ replaced by a fresh one.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 import zlib
 from typing import Any
 
 import torch
 
+from fedsqueeze.engine.device import worker_devices
 from fedsqueeze.engine.runtime import Runtime, run_client_safely
 
 _RUNTIME: Runtime | None = None
 _DOWN: tuple[tuple, dict] | None = None  # this worker's decoded broadcast of the current step
 
 
-def _init_worker() -> None:
+def _init_worker(spawned: tuple | None = None) -> None:
+    """Fork: the inherited runtime, one torch thread. Spawn: build this worker's runtime on its device."""
+    global _RUNTIME
     torch.set_num_threads(1)
+    if spawned is None:
+        return
+    cfg, dataset, partition, specs = spawned
+    ident = mp.current_process()._identity  # (k,) for the k-th worker a pool started, from 1
+    device = torch.device(specs[((ident[-1] - 1) if ident else 0) % len(specs)])
+    if device.type == "cuda":
+        from fedsqueeze.engine.device import apply_mode
+        if device.index is not None:
+            torch.cuda.set_device(device)
+        apply_mode(cfg.engine.deterministic, cfg.engine.tf32)
+    _RUNTIME = Runtime(cfg, dataset, partition, device=device)
 
 
 def _decode_down(runtime: Runtime, rnd: int, payloads: dict[str, bytes]):
@@ -43,14 +64,27 @@ def _task(args: tuple) -> tuple:
 
 
 class WorkerPool:
-    def __init__(self, runtime: Runtime, workers: int) -> None:
+    def __init__(self, runtime: Runtime, workers: int, *, spawn: bool = False) -> None:
+        """``spawn``: spawn (not fork) the workers even on CPU — what CUDA workers always do."""
         global _RUNTIME
         _RUNTIME = runtime
         self.workers = workers
+        eng = runtime.cfg.engine
+        self.devices = [str(d) for d in worker_devices(eng)] if eng.devices else [str(runtime.device)]
+        # FEDSQUEEZE_POOL_SPAWN=1: spawn on CPU too (testing the path CUDA workers take)
+        spawn = spawn or os.environ.get("FEDSQUEEZE_POOL_SPAWN") == "1"
+        self.spawn = spawn or any(not d.startswith("cpu") for d in self.devices)
         self._pool = self._start()
 
     def _start(self):
-        return mp.get_context("fork").Pool(self.workers, initializer=_init_worker)
+        if not self.spawn:
+            return mp.get_context("fork").Pool(self.workers, initializer=_init_worker)
+        rt = _RUNTIME
+        assert rt is not None
+        # the CPU dataset: the partition was built from it, and tensors cross processes as CPU tensors
+        data = getattr(rt, "host_dataset", rt.dataset)
+        return mp.get_context("spawn").Pool(self.workers, initializer=_init_worker,
+                                            initargs=((rt.cfg, data, rt.partition, self.devices),))
 
     def map(self, tasks: list[tuple[int, int, int, dict[str, bytes], Any]], timeout: float | None = None) -> list:
         """Each task's result (a ``run_client`` tuple or a ``ClientFailure``), in task order; None for the

@@ -7,6 +7,7 @@ A ``Runtime`` owns the dataset, the partition, the algorithm and one reusable mo
 """
 from __future__ import annotations
 
+import copy
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from fedsqueeze.config import Config
 from fedsqueeze.data.partition import Partition
 from fedsqueeze.data.sources import Dataset
 from fedsqueeze.engine import faults
+from fedsqueeze.engine.device import resolve, to_cpu, to_device
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.models.zoo import build_model
 from fedsqueeze.registry import ALGORITHMS
@@ -63,25 +65,53 @@ def run_client_safely(runtime: "Runtime", client: int, rnd: int, step: int, down
                              isinstance(e, faults.InjectedFault))
 
 
+def dataset_on(dataset: Dataset, device: torch.device) -> Dataset:
+    """The dataset with its train/test tensors on ``device`` (moved once; the same object on its own device)."""
+    if dataset.x_train.device == device:
+        return dataset
+    moved = copy.copy(dataset)  # keeps extra attributes (e.g. a dataset's natural ``groups``)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        setattr(moved, name, getattr(dataset, name).to(device))
+    return moved
+
+
 class Runtime:
-    def __init__(self, cfg: Config, dataset: Dataset, partition: Partition) -> None:
+    """``device``: where clients train and models are evaluated (default ``engine.device``). The
+    dataset's tensors move there once; models are built (and seeded) on the CPU, then moved; client
+    states and upload tensors leave as CPU tensors, downlink messages and stored states come back to it."""
+
+    def __init__(self, cfg: Config, dataset: Dataset, partition: Partition,
+                 device: torch.device | str | None = None) -> None:
         self.cfg = cfg
-        self.dataset = dataset
+        self.device = torch.device(device) if device is not None else resolve(cfg.engine.device)
+        self.host_dataset = dataset  # as given (CPU): what a spawned worker is sent
+        self.dataset = dataset_on(dataset, self.device)
         self.partition = partition
         self.algo = build_algorithm(cfg, dataset.input_shape, dataset.num_classes)
         self._modules: dict[str, nn.Module] = {}
         self._initial: dict[str, dict[str, torch.Tensor]] = {}
+        self._initial_dev: dict[str, dict[str, torch.Tensor]] = {}
 
     # ---- models ------------------------------------------------------------------------------
     def build(self, slot: str) -> nn.Module:
+        """A fresh module for a slot, on the CPU (its random init uses the CPU generator on every device)."""
         specs = self.algo.model_specs()
         name, options = specs[slot]
         return build_model(name, self.dataset.input_shape, self.dataset.num_classes, **options)
 
     def module(self, slot: str = "model") -> nn.Module:
+        """The reusable module of a slot, on this runtime's device."""
         if slot not in self._modules:
-            self._modules[slot] = self.build(slot)
+            self._modules[slot] = self.build(slot).to(self.device)
         return self._modules[slot]
+
+    def device_initial_weights(self, slot: str = "model") -> dict[str, torch.Tensor]:
+        """``initial_weights`` on this runtime's device (what a client's context hands out)."""
+        if self.device.type == "cpu":
+            return self.initial_weights(slot)
+        if slot not in self._initial_dev:
+            self._initial_dev[slot] = to_device(self.initial_weights(slot), self.device)
+        return self._initial_dev[slot]
 
     def initial_weights(self, slot: str = "model") -> dict[str, torch.Tensor]:
         """Seeded initial weights of a slot: identical in every process that asks."""
@@ -99,9 +129,10 @@ class Runtime:
     def client_data(self, client: int) -> ClientData:
         tr, ho = self.partition.train[client], self.partition.holdout[client]
         d = self.dataset
-        tr_t = torch.from_numpy(tr)
+        tr_t = torch.from_numpy(tr).to(self.device)
         return ClientData(d.x_train[tr_t], d.y_train[tr_t],
-                          lambda: (d.x_train[torch.from_numpy(ho)], d.y_train[torch.from_numpy(ho)]))
+                          lambda: (d.x_train[torch.from_numpy(ho).to(self.device)],
+                                   d.y_train[torch.from_numpy(ho).to(self.device)]), d.augment)
 
     def num_samples(self, client: int) -> int:
         return int(len(self.partition.train[client]))
@@ -112,16 +143,36 @@ class Runtime:
         """Encoded uploads, new stored state, sample count and metrics; the metrics carry
         ``COMPUTE_KEY``, this client's wall seconds (the engine moves it to the round's ``client_s``)."""
         t0 = time.perf_counter()
+        ctx, down, stored, mirror = self.open_client(client, rnd, step, down, stored)
+        reply = self.algo.client_update(ctx, down, stored.get("algo"))
+        return self.close_client(ctx, reply, stored, mirror, t0)
+
+    def open_client(self, client: int, rnd: int, step: int, down: Messages,
+                    stored: dict | None) -> tuple[ClientContext, Messages, dict, Messages | None]:
+        """Before ``client_update``: (context, the decoded downlink this client sees, stored state, delta
+        mirror or None). ``engine.vectorized`` opens every client of a step, trains them together, then
+        closes each."""
         stored = stored or {}
         mirror = None
         if self.cfg.codec.downlink == "delta":  # the payloads carried the difference to our copy
             from fedsqueeze.engine.delta import apply, reference
             down = mirror = apply(stored.get("mirror") or reference(self), down)
         ctx = ClientContext(client, rnd, step, self.client_data(client), self.cfg.train, self.module,
-                            self.cfg.seed, self.initial_weights)
-        reply = self.algo.client_update(ctx, down, stored.get("algo"))
+                            self.cfg.seed, self.device_initial_weights)
+        if self.device.type != "cpu":  # decoded payloads and stored states are CPU tensors
+            down = to_device(down, self.device)
+            stored = {**stored, "algo": to_device(stored.get("algo"), self.device)}
+        return ctx, down, stored, mirror
+
+    def close_client(self, ctx: ClientContext, reply, stored: dict, mirror: Messages | None,
+                     t0: float) -> tuple[dict[str, bytes], dict | None, int, dict[str, float]]:
+        """After ``client_update``: faults, encoding with the uplink codecs (of CPU tensors: the bytes never
+        depend on the device), the new stored state (CPU tensors)."""
+        client, rnd, step = ctx.client, ctx.round, ctx.step
+        on_device = self.device.type != "cpu"
+        reply_up, reply_state = (to_cpu(reply.up), to_cpu(reply.state)) if on_device else (reply.up, reply.state)
         fault = faults.client_fault(self.cfg, rnd, step, client)  # None unless engine.faults is set
-        up = faults.corrupt(fault, reply.up) if fault in ("shape", "scale") else reply.up
+        up = faults.corrupt(fault, reply_up) if fault in ("shape", "scale") else reply_up
         codec_states: dict[str, Any] = dict(stored.get("codec", {}))
         payloads: dict[str, bytes] = {}
         for kind, tensors in up.items():
@@ -135,8 +186,8 @@ class Runtime:
             else:
                 payloads[kind] = codec.encode(tensors, seed=seed)
         new_stored = None
-        if reply.state is not None or codec_states or mirror is not None:
-            new_stored = {"algo": reply.state, "codec": codec_states}
+        if reply_state is not None or codec_states or mirror is not None:
+            new_stored = {"algo": reply_state, "codec": codec_states}
             if mirror is not None:
                 new_stored["mirror"] = mirror
         if fault == "raise":

@@ -29,8 +29,10 @@ from fedsqueeze.algorithms.base import Messages, Reply
 from fedsqueeze.config import Config, from_dict, to_toml
 from fedsqueeze.data.partition import Partition, describe, make_partition
 from fedsqueeze.data.sources import Dataset
-from fedsqueeze.engine import delta, faults
+from fedsqueeze.engine import delta, faults, rundir, vectorized
 from fedsqueeze.engine.atomic import atomic_write_bytes, crash_point, remove_temp_files
+from fedsqueeze.engine.device import compute_mode, worker_devices
+from fedsqueeze.engine.device import describe as describe_device
 from fedsqueeze.engine.checkpoint import restore_checkpoint, save_checkpoint
 from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy
 from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
@@ -47,6 +49,10 @@ Callback = Callable[[dict], None]
 
 
 def load_dataset(cfg: Config) -> Dataset:
+    if cfg.data.source.startswith("object:"):
+        raise DataError(f"data.source {cfg.data.source!r} was a FederatedData passed to fedsqueeze.run(data=...) "
+                        "and cannot be rebuilt from the config; pass it again with data=, or register a loader "
+                        "with fedsqueeze.register_dataset and use its name")
     loader = DATASETS.get(cfg.data.source)
     opts = dict(cfg.data.options)
     if cfg.data.dir:
@@ -56,6 +62,9 @@ def load_dataset(cfg: Config) -> Dataset:
 
 def build_partition(cfg: Config, dataset: Dataset) -> Partition:
     d = cfg.data
+    from fedsqueeze.data.federated import FederatedData
+    if isinstance(dataset, FederatedData):  # own data: its own clients or partitioner
+        return dataset.partition(d.num_clients, seed=cfg.seed, holdout_fraction=d.holdout_fraction)
     # groups: the dataset's own clients, if it defines them (for partition = "natural")
     params = {"alpha": d.alpha, "shards_per_client": d.shards_per_client,
               "groups": getattr(dataset, "groups", None)}
@@ -68,14 +77,14 @@ class Simulation:
                  callbacks: list[Callback] | None = None, progress: Any = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = Path(run_dir)  # created by start(): nothing on disk until everything validated
         self.dataset = dataset if dataset is not None else load_dataset(cfg)
         if cfg.data.num_clients > len(self.dataset.y_train):
             raise DataError(f"data.num_clients = {cfg.data.num_clients} exceeds the {len(self.dataset.y_train)} "
                             "training samples; lower data.num_clients")
         self.partition = build_partition(cfg, self.dataset)
-        self.runtime = Runtime(cfg, self.dataset, self.partition)
+        self.runtime = Runtime(cfg, self.dataset, self.partition)  # resolves engine.device (an error if missing)
+        self.device = self.runtime.device
         self.algo = self.runtime.algo
         self.callbacks = list(callbacks or [])
         self.progress = progress
@@ -88,6 +97,7 @@ class Simulation:
                               "per round; lower engine.min_replies or raise train.clients_per_round")
         self._max_numel = 4 * self.runtime.model_numel() + 4096
         delta.check(cfg, self.algo)
+        vectorized.check(cfg, self.algo)
         self.delta = cfg.codec.downlink == "delta"
         self.mirrors: delta.ServerMirrors | None = None
         self.warnings: list[str] = []
@@ -100,11 +110,19 @@ class Simulation:
     # ---- setup / resume ----------------------------------------------------------------------------
     def start(self, *, resume: bool = False) -> None:
         """Initialise (or restore) server state, ledger, history and client store."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("clients", "mirrors"):  # state files are deleted there: they must be the run's own
+            path = self.run_dir / sub
+            if path.is_symlink() or (path.exists() and not rundir.inside(path, self.run_dir)):
+                raise FedsqueezeError(f"{path} is a link out of the run folder; a run deletes old state files "
+                                      "there, so it must be a plain folder: remove the link")
         for folder in (self.run_dir, self.run_dir / "clients", self.run_dir / "mirrors"):
             if folder.is_dir():
                 remove_temp_files(folder)  # left by a write that a crash interrupted
         if not (resume and self._resume()):
             self._fresh()
+        atomic_write_bytes(self.run_dir / "device.json",
+                           json.dumps(describe_device(self.device, self.cfg.engine), indent=1).encode())
 
     def _fresh(self) -> None:
         self.server_state = self.algo.init_server(self._seeded_model())
@@ -139,7 +157,7 @@ class Simulation:
         if ckpt is None:
             return False
         saved = from_dict(ckpt["config"])
-        if {**saved.to_dict(), "rounds": 0} != {**self.cfg.to_dict(), "rounds": 0}:
+        if _identity(saved) != _identity(self.cfg):
             raise ConfigError(f"{self.run_dir} was started with a different configuration; resume it with its "
                               "own config (only 'rounds' may change) or start a new run directory")
         self.server_state = ckpt["server_state"]
@@ -157,6 +175,25 @@ class Simulation:
         self.rejections.trim(ckpt["round"])
         return True
 
+    def load_readonly(self) -> None:
+        """Restore the last checkpoint for reading (``fedsqueeze personal``): nothing in the run folder
+        is created, renamed, rewritten or deleted; a corrupt checkpoint is a one-line error."""
+        from fedsqueeze.engine.checkpoint import load_checkpoint
+
+        ckpt, warnings = load_checkpoint(self.run_dir)
+        if warnings:
+            raise FedsqueezeError(f"{warnings[0].split(';')[0]}; `fedsqueeze run --resume {self.run_dir}` "
+                                  "recovers from the previous checkpoint (reports never modify a run)")
+        if ckpt is None:
+            raise FedsqueezeError(f"{self.run_dir} has no readable checkpoint; personal reports need "
+                                  "engine.checkpoint_every > 0")
+        self.server_state = ckpt["server_state"]
+        self.down_codec_state = ckpt["down_codec_state"]
+        self.ledger = Ledger.from_state(ckpt["ledger"])
+        self.history = ckpt["history"]
+        self.store = ClientStateStore(self.run_dir / "clients", ckpt["client_index"], create=False)
+        self.start_round = ckpt["round"] + 1
+
     def _checkpoint(self, rnd: int) -> None:
         save_checkpoint(self.run_dir, {
             "round": rnd, "config": self.cfg.to_dict(), "server_state": self.server_state,
@@ -171,6 +208,12 @@ class Simulation:
 
     # ---- the loop ------------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> Result:
+        eng = self.cfg.engine
+        devices = [self.device] + (worker_devices(eng) if eng.workers else [])
+        with compute_mode(devices, eng.deterministic, eng.tf32):
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> Result:
         self.start(resume=resume)
         if self.cfg.engine.workers > 0:
             from fedsqueeze.engine.pool import WorkerPool
@@ -393,6 +436,9 @@ class Simulation:
                              for k, p in payloads.items()})
             return down[0]
 
+        if self.cfg.engine.vectorize:  # the training of all of them at once (engine.vectorized)
+            return vectorized.run_clients(self.runtime, clients, rnd, step, [decoded(c) for c in clients],
+                                          [self.store.get(c) for c in clients])
         return [run_client_safely(self.runtime, c, rnd, step, decoded(c), self.store.get(c)) for c in clients]
 
     # ---- evaluation & accounting ------------------------------------------------------------------------
@@ -427,6 +473,15 @@ class Simulation:
         """Per client with a held-out split: (client, correct, n, the algorithm's client_profile)."""
         return personal_accuracies(self.runtime, self.algo, self.server_state, self.store, self.partition,
                                    self.dataset, self.cfg.data.num_clients, bs or self.cfg.eval.batch_size)
+
+
+def _identity(cfg: Config) -> dict:
+    """What a resumed run must share with its checkpoint: everything but ``rounds`` and the devices
+    (resuming on another device continues the run; only the same device reproduces it bit for bit)."""
+    d = cfg.to_dict()
+    d["rounds"] = 0
+    d["engine"] = {k: v for k, v in d["engine"].items() if k not in ("device", "devices")}
+    return d
 
 
 Payloads = dict  # kind -> bytes for every client, or client -> (kind -> bytes) with codec.downlink = "delta"

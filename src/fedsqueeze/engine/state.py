@@ -5,6 +5,9 @@ Each state is written as ``<dir>/<client>.r<round>.pt`` when the round commits, 
 memory. The *index* (client -> round of its current file) is what a checkpoint saves; files that
 are not in the last saved index are removed only after a newer checkpoint is safely on disk, so a
 crash at any point leaves a consistent (checkpoint, client files) pair.
+
+Files are in ``engine.safe_io``'s format (they keep the ``.pt`` name); a ``torch.save``/pickle file left
+by an older fedsqueeze is refused with ``LegacyRunError``, never unpickled.
 """
 from __future__ import annotations
 
@@ -12,15 +15,30 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
+from fedsqueeze.engine import safe_io
+from fedsqueeze.engine.atomic import atomic_save
+from fedsqueeze.errors import LegacyRunError
 
-from fedsqueeze.engine.atomic import atomic_torch_save
+
+def legacy_message(run_dir: Path) -> str:
+    return (f"run folder {run_dir} was written by an older fedsqueeze (pickle files); it cannot be resumed "
+            "safely — start a new run")
+
+
+def read_state_file(path: Path) -> Any:
+    """A state file's value; ``LegacyRunError`` for an old pickle file, ``SafeIOError`` if malformed."""
+    data = path.read_bytes()
+    if safe_io.is_legacy_pickle(data):
+        run_dir = path.parent.parent if path.parent.name in ("clients", "mirrors") else path.parent
+        raise LegacyRunError(legacy_message(run_dir) + f" ({path.name} is a pickle file)")
+    return safe_io.loads(data, what=str(path))
 
 
 class ClientStateStore:
-    def __init__(self, directory: str | Path, index: dict[int, int] | None = None) -> None:
+    def __init__(self, directory: str | Path, index: dict[int, int] | None = None, *, create: bool = True) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.index: dict[int, int] = dict(index or {})
         self._dirty: dict[int, Any] = {}
 
@@ -33,7 +51,7 @@ class ClientStateStore:
         rnd = self.index.get(client)
         if rnd is None:
             return None
-        return torch.load(self._path(client, rnd), weights_only=False)
+        return read_state_file(self._path(client, rnd))
 
     def put(self, client: int, state: Any) -> None:
         self._dirty[client] = state
@@ -48,7 +66,7 @@ class ClientStateStore:
             if state is None:  # the client dropped its state: forget it (its file goes at the next GC)
                 self.index.pop(client, None)
                 continue
-            atomic_torch_save(state, self._path(client, rnd), crash_tag="state")
+            atomic_save(state, self._path(client, rnd), crash_tag="state")
             self.index[client] = rnd
         self._dirty.clear()
 

@@ -6,22 +6,22 @@ broadcast payloads with the algorithm's downlink codecs, run the client step, re
 encoded upload payloads, the number of samples and the client's metrics.
 
 The client's stored state (algorithm state and codec states such as error-feedback residuals)
-stays on the node, in Flower's ``Context.state`` (``torch.save`` bytes in a ``ConfigRecord``); it is
-never sent. Data: the node loads the experiment's data source and takes partition ``partition-id``
+stays on the node, in Flower's ``Context.state`` (``engine.safe_io`` bytes in a ``ConfigRecord``, a format
+that cannot run code; a pickle blob is refused); it is never sent. Data: the node loads the experiment's data source and takes partition ``partition-id``
 of the experiment's partition (the same split the simulation engine makes); ``--node-config
 'data-dir="/path"'`` points a node at its own copy of the files.
 """
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
 import torch
 
 from fedsqueeze.config import from_dict
+from fedsqueeze.engine import safe_io
 from fedsqueeze.engine.runtime import Runtime
-from fedsqueeze.errors import ConfigError
+from fedsqueeze.errors import ConfigError, LegacyRunError
 from fedsqueeze.flower import records
 
 _RUNTIMES: dict[str, Runtime] = {}  # per process: a warm process serves later messages without reloading
@@ -61,7 +61,11 @@ def max_numel(runtime: Runtime) -> int:
 def load_stored(state: Any) -> dict | None:
     if records.STATE not in state.config_records:
         return None
-    return torch.load(io.BytesIO(state.config_records[records.STATE]["blob"]), weights_only=False)
+    blob = bytes(state.config_records[records.STATE]["blob"])
+    if safe_io.is_legacy_pickle(blob):
+        raise LegacyRunError("this SuperNode's stored client state is a pickle blob (an older fedsqueeze); it is "
+                             "not loaded — restart the SuperNode to start from a fresh state")
+    return safe_io.loads(blob, what="the SuperNode's stored client state")
 
 
 def save_stored(state: Any, stored: dict | None) -> None:
@@ -71,9 +75,7 @@ def save_stored(state: Any, stored: dict | None) -> None:
         if records.STATE in state.config_records:
             del state[records.STATE]
         return
-    buf = io.BytesIO()
-    torch.save(stored, buf)
-    state[records.STATE] = ConfigRecord({"blob": buf.getvalue()})
+    state[records.STATE] = ConfigRecord({"blob": safe_io.dumps(stored)})
 
 
 def handle_train(content: Any, run_config: dict, node_config: Any, state: Any) -> Any:

@@ -51,8 +51,8 @@ class TooFewReplies(FedsqueezeError):
 
 class FlowerServer(Simulation):
     def __init__(self, cfg: Config, run_dir: str | Path, grid: Any, **kw: Any) -> None:
-        if cfg.engine.workers:  # clients run on the SuperNodes: no local worker pool
-            cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, workers=0))
+        if cfg.engine.workers or cfg.engine.vectorize:  # clients run on the SuperNodes: no local pool or vmap
+            cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, workers=0, vectorize=False))
         if cfg.codec.downlink != "broadcast":
             raise ConfigError("codec.downlink = 'delta' (per-client downlink payloads) runs on the embedded engine "
                               "only for now; use codec.downlink = 'broadcast' with Flower")
@@ -267,8 +267,12 @@ def run_server(grid: Any, run_config: dict) -> Any:
 
     log(f"{cfg.name}: {cfg.algorithm_name} on {cfg.model.name}, up={cfg.codec.up} down={cfg.codec.down}, "
         f"results in {run_dir.resolve()}")
-    server = FlowerServer(cfg, run_dir, grid, progress=_progress(cfg), log=log)
-    result = server.run()
+    from fedsqueeze.engine.rundir import RunLock
+
+    server = FlowerServer(cfg, run_dir, grid, progress=_progress(cfg), log=log)  # validates; creates nothing
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):  # one server per run folder
+        result = server.run()
     try:
         from fedsqueeze.metrics.plots import plot_runs
     except MissingExtraError as e:  # the run is complete; only the picture is missing

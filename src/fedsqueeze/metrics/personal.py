@@ -7,11 +7,12 @@ deployed model size where the algorithm reports one.
 """
 from __future__ import annotations
 
+import pickle
 import statistics
 from pathlib import Path
 from typing import Any
 
-from fedsqueeze.errors import ConfigError
+from fedsqueeze.errors import ConfigError, DataError, FedsqueezeError
 
 
 def client_rows(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -23,11 +24,18 @@ def client_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     if not (run_dir / "checkpoint.pt").exists() and not (run_dir / "checkpoint.prev.pt").exists():
         raise ConfigError(f"{run_dir} has no checkpoint to restore; personal reports need engine.checkpoint_every > 0")
     sim = Simulation(cfg, run_dir)
-    sim.start(resume=True)
+    sim.load_readonly()  # a report never modifies the run: no temp-file cleanup, no rewrite of metrics
     rows = []
-    for client, correct, n, profile in sim.personal_accuracies():
-        rows.append({"client": client, "group": profile.get("group", "all"), "correct": correct, "n": n,
-                     "accuracy": correct / n, "model_bytes": profile.get("model_bytes")})
+    try:
+        for client, correct, n, profile in sim.personal_accuracies():
+            rows.append({"client": client, "group": profile.get("group", "all"), "correct": correct, "n": n,
+                         "accuracy": correct / n, "model_bytes": profile.get("model_bytes")})
+    except FedsqueezeError:
+        raise
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        raise DataError(f"{run_dir}: a client state file could not be read ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); `fedsqueeze run --resume {run_dir}` may "
+                        "recover it") from e
     if not rows:
         raise ConfigError(f"{cfg.algorithm_name!r} has no personalised or global model to evaluate")
     return rows

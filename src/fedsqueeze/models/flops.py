@@ -51,7 +51,8 @@ def layer_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Lay
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            p = next(model.parameters(), None)
+            model(torch.zeros(1, *input_shape, device=p.device if p is not None else None))
     finally:
         for h in hooks:
             h.remove()

@@ -101,7 +101,7 @@ def tensor_masks(shapes: dict[str, torch.Size], groups: list[ChannelGroup], keep
 
 def apply_masks(tensors: Tensors, masks: dict[str, torch.Tensor]) -> Tensors:
     """Tensors with the coordinates outside their masks set to zero (untouched keys pass through)."""
-    return {k: torch.where(masks[k], v, torch.zeros((), dtype=v.dtype)) if k in masks else v
+    return {k: torch.where(masks[k].to(v.device), v, torch.zeros((), dtype=v.dtype, device=v.device)) if k in masks else v
             for k, v in tensors.items()}
 
 

@@ -111,7 +111,7 @@ def init_centers(x: torch.Tensor, bits: int) -> torch.Tensor:
         lo = neg.mean() if neg.numel() else x.min()
         hi = pos.mean() if pos.numel() else x.max()
         return torch.stack([lo, hi]).sort().values
-    return torch.linspace(float(x.min()), float(x.max()), 2 ** bits)
+    return torch.linspace(float(x.min()), float(x.max()), 2 ** bits, device=x.device)
 
 
 def assign(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -297,11 +297,11 @@ def pack_model(weights: Tensors, centers: Tensors, bits: int) -> bytes:
         out += struct.pack("<H", len(name)) + name
         out += struct.pack(f"<BB{t.dim()}I", int(n in centers), t.dim(), *t.shape)
         if n in centers:
-            idx = assign(t.detach().float(), centers[n]).flatten().numpy().astype(np.int64)
-            out += struct.pack("<B", bits) + centers[n].float().numpy().astype("<f4").tobytes()
+            idx = assign(t.detach().float(), centers[n]).flatten().cpu().numpy().astype(np.int64)
+            out += struct.pack("<B", bits) + centers[n].float().cpu().numpy().astype("<f4").tobytes()
             out += pack_bits(((idx[:, None] >> shifts) & 1).reshape(-1))
         else:
-            out += t.detach().float().numpy().astype("<f4").tobytes()
+            out += t.detach().float().cpu().numpy().astype("<f4").tobytes()
     out += struct.pack("<I", zlib.crc32(out))
     return bytes(out)
 
