@@ -66,3 +66,17 @@ def test_methods_covers_every_method():
     from fedsqueeze.registry import CODECS
     for codec in CODECS.names():
         assert f"`{codec}" in text or codec == "pipeline", f"docs/methods.md does not describe codec {codec!r}"
+
+
+def test_readme_own_model_and_data_snippet_runs(tmp_path):
+    """The README's "Your own model and data" example, as a user would paste it."""
+    import os
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"## Your own model and data\n\n```python\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "snippet.py").write_text(code + "\nassert len(result.history) == 10, result.history\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

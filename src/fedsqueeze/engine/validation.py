@@ -81,10 +81,13 @@ def check_values(kind: str, tensors: dict[str, torch.Tensor], max_norm: float) -
     for name, t in tensors.items():
         if not t.is_floating_point() or not t.numel():
             continue
-        x = t.detach().to(torch.float64)
-        if not bool(torch.isfinite(x).all()):
+        x = t.detach().to(torch.float64).reshape(-1)
+        sq = float(torch.dot(x, x))
+        # a NaN/Inf value makes the sum of squares NaN/Inf; a finite one keeps it finite unless float64
+        # squares overflow, so the elementwise scan runs only when the sum is not finite
+        if not math.isfinite(sq) and not bool(torch.isfinite(x).all()):
             return "nonfinite", f"message {kind!r}: tensor {name!r} contains NaN or Inf"
-        total += float(torch.dot(x.reshape(-1), x.reshape(-1)))
+        total += sq
     norm = math.sqrt(total)
     if max_norm > 0 and not norm <= max_norm:
         return "norm", f"message {kind!r}: L2 norm {norm:.6g} exceeds engine.max_update_norm = {max_norm:g}"

@@ -7,7 +7,6 @@ deployed model size where the algorithm reports one.
 """
 from __future__ import annotations
 
-import pickle
 import statistics
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ def client_rows(run_dir: str | Path) -> list[dict[str, Any]]:
                          "accuracy": correct / n, "model_bytes": profile.get("model_bytes")})
     except FedsqueezeError:
         raise
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+    except (OSError, EOFError, RuntimeError) as e:
         raise DataError(f"{run_dir}: a client state file could not be read ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}); `fedsqueeze run --resume {run_dir}` may "
                         "recover it") from e
