@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/fedsqueeze run configs/fmnist-demo.toml --out runs/demo
+	.venv/bin/fedsqueeze run configs/fmnist-demo.toml --out runs/demo --overwrite
 
 test: setup
 	.venv/bin/python -m pytest -q
