@@ -91,6 +91,7 @@ class Runtime:
         self._modules: dict[str, nn.Module] = {}
         self._initial: dict[str, dict[str, torch.Tensor]] = {}
         self._initial_dev: dict[str, dict[str, torch.Tensor]] = {}
+        self._down_on_device: tuple[Messages, Messages] | None = None  # (decoded broadcast, its device copy)
 
     # ---- models ------------------------------------------------------------------------------
     def build(self, slot: str) -> nn.Module:
@@ -160,9 +161,16 @@ class Runtime:
         ctx = ClientContext(client, rnd, step, self.client_data(client), self.cfg.train, self.module,
                             self.cfg.seed, self.device_initial_weights)
         if self.device.type != "cpu":  # decoded payloads and stored states are CPU tensors
-            down = to_device(down, self.device)
+            down = self._on_device(down)
             stored = {**stored, "algo": to_device(stored.get("algo"), self.device)}
         return ctx, down, stored, mirror
+
+    def _on_device(self, down: Messages) -> Messages:
+        """``down`` on the device, moved once per step: a broadcast is one object shared by the step's
+        clients (algorithms never modify it), so the last copy is reused while its source is the same."""
+        if self._down_on_device is None or self._down_on_device[0] is not down:
+            self._down_on_device = (down, to_device(down, self.device))
+        return self._down_on_device[1]
 
     def close_client(self, ctx: ClientContext, reply, stored: dict, mirror: Messages | None,
                      t0: float) -> tuple[dict[str, bytes], dict | None, int, dict[str, float]]:

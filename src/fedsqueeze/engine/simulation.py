@@ -17,33 +17,27 @@ state as before it — or fails the run (``engine.too_few``); the same rule as o
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fedsqueeze.algorithms.base import Messages, Reply
-from fedsqueeze.config import Config, from_dict, to_toml
-from fedsqueeze.data.partition import Partition, describe, make_partition
+from fedsqueeze.config import Config
+from fedsqueeze.data.partition import Partition, make_partition
 from fedsqueeze.data.sources import Dataset
-from fedsqueeze.engine import delta, faults, rundir, vectorized
-from fedsqueeze.engine.atomic import atomic_write_bytes, crash_point, remove_temp_files
+from fedsqueeze.engine import delta, faults, vectorized
+from fedsqueeze.engine.atomic import crash_point
 from fedsqueeze.engine.device import compute_mode, worker_devices
-from fedsqueeze.engine.device import describe as describe_device
-from fedsqueeze.engine.checkpoint import restore_checkpoint, save_checkpoint
 from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy
 from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
+from fedsqueeze.engine.run_state import RunState
 from fedsqueeze.engine.runtime import COMPUTE_KEY, ClientFailure, Runtime, payload_seed, run_client_safely
 from fedsqueeze.engine.sampling import clients_per_round, sample_clients
-from fedsqueeze.engine.state import ClientStateStore
 from fedsqueeze.engine.validation import Rejection, TooFewReplies, admit
 from fedsqueeze.errors import ConfigError, DataError, FedsqueezeError
 from fedsqueeze.metrics.results import Result, RunWriter
 from fedsqueeze.registry import DATASETS
-from fedsqueeze.wire.ledger import Ledger
 
 Callback = Callable[[dict], None]
 
@@ -72,7 +66,7 @@ def build_partition(cfg: Config, dataset: Dataset) -> Partition:
                           holdout_fraction=d.holdout_fraction, **params)
 
 
-class Simulation:
+class Simulation(RunState):
     def __init__(self, cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None,
                  callbacks: list[Callback] | None = None, progress: Any = None,
                  log: Callable[[str], None] | None = None) -> None:
@@ -106,105 +100,6 @@ class Simulation:
         self._staged: dict[int, Any] = {}
         self._failed: dict[int, ClientFailure] = {}
         self._new_round([])
-
-    # ---- setup / resume ----------------------------------------------------------------------------
-    def start(self, *, resume: bool = False) -> None:
-        """Initialise (or restore) server state, ledger, history and client store."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for sub in ("clients", "mirrors"):  # state files are deleted there: they must be the run's own
-            path = self.run_dir / sub
-            if path.is_symlink() or (path.exists() and not rundir.inside(path, self.run_dir)):
-                raise FedsqueezeError(f"{path} is a link out of the run folder; a run deletes old state files "
-                                      "there, so it must be a plain folder: remove the link")
-        for folder in (self.run_dir, self.run_dir / "clients", self.run_dir / "mirrors"):
-            if folder.is_dir():
-                remove_temp_files(folder)  # left by a write that a crash interrupted
-        if not (resume and self._resume()):
-            self._fresh()
-        atomic_write_bytes(self.run_dir / "device.json",
-                           json.dumps(describe_device(self.device, self.cfg.engine), indent=1).encode())
-
-    def _fresh(self) -> None:
-        self.server_state = self.algo.init_server(self._seeded_model())
-        self.down_codec_state: dict[str, Any] = {}
-        self.ledger = Ledger()
-        self.history: list[dict] = []
-        self.store = ClientStateStore(self.run_dir / "clients")
-        self.store.collect_garbage()
-        self.prev_index: dict[int, int] = {}
-        self.prev_mirror_index: dict[int, int] = {}
-        if self.delta:
-            self.mirrors = delta.ServerMirrors(self.run_dir / "mirrors")
-            self.mirrors.store.collect_garbage()
-        self.start_round = 1
-        # atomic: `run --resume` reads config.json, even after a crash before the first checkpoint
-        atomic_write_bytes(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=1).encode())
-        atomic_write_bytes(self.run_dir / "config.toml", to_toml(self.cfg.to_dict()).encode())
-        stats = self.partition.stats(self.dataset.y_train.numpy(), self.dataset.num_classes)
-        (self.run_dir / "partition.json").write_text(json.dumps(stats))
-        self.log(describe(stats))
-        self.writer.rewrite_rounds([])
-        self.rejections.clear()
-
-    def _seeded_model(self) -> torch.nn.Module:
-        model = self.runtime.build("model")
-        model.load_state_dict(self.runtime.initial_weights("model"), strict=False)
-        return model
-
-    def _resume(self) -> bool:
-        ckpt, warnings = restore_checkpoint(self.run_dir)
-        self.warnings += warnings
-        if ckpt is None:
-            return False
-        saved = from_dict(ckpt["config"])
-        if _identity(saved) != _identity(self.cfg):
-            raise ConfigError(f"{self.run_dir} was started with a different configuration; resume it with its "
-                              "own config (only 'rounds' may change) or start a new run directory")
-        self.server_state = ckpt["server_state"]
-        self.down_codec_state = ckpt["down_codec_state"]
-        self.ledger = Ledger.from_state(ckpt["ledger"])
-        self.history = ckpt["history"]
-        self.store = ClientStateStore(self.run_dir / "clients", ckpt["client_index"])
-        # the checkpoint just loaded becomes the previous one at the next save: keep its client files
-        self.prev_index = dict(ckpt["client_index"])
-        self.prev_mirror_index = dict(ckpt.get("mirror_index", {}))
-        if self.delta:
-            self.mirrors = delta.ServerMirrors(self.run_dir / "mirrors", ckpt.get("mirror_index", {}))
-        self.start_round = ckpt["round"] + 1
-        self.writer.rewrite_rounds(self.history)
-        self.rejections.trim(ckpt["round"])
-        return True
-
-    def load_readonly(self) -> None:
-        """Restore the last checkpoint for reading (``fedsqueeze personal``): nothing in the run folder
-        is created, renamed, rewritten or deleted; a corrupt checkpoint is a one-line error."""
-        from fedsqueeze.engine.checkpoint import load_checkpoint
-
-        ckpt, warnings = load_checkpoint(self.run_dir)
-        if warnings:
-            raise FedsqueezeError(f"{warnings[0].split(';')[0]}; `fedsqueeze run --resume {self.run_dir}` "
-                                  "recovers from the previous checkpoint (reports never modify a run)")
-        if ckpt is None:
-            raise FedsqueezeError(f"{self.run_dir} has no readable checkpoint; personal reports need "
-                                  "engine.checkpoint_every > 0")
-        self.server_state = ckpt["server_state"]
-        self.down_codec_state = ckpt["down_codec_state"]
-        self.ledger = Ledger.from_state(ckpt["ledger"])
-        self.history = ckpt["history"]
-        self.store = ClientStateStore(self.run_dir / "clients", ckpt["client_index"], create=False)
-        self.start_round = ckpt["round"] + 1
-
-    def _checkpoint(self, rnd: int) -> None:
-        save_checkpoint(self.run_dir, {
-            "round": rnd, "config": self.cfg.to_dict(), "server_state": self.server_state,
-            "down_codec_state": self.down_codec_state, "ledger": self.ledger.to_state(),
-            "history": self.history, "client_index": dict(self.store.index), "prev_index": self.prev_index,
-            "mirror_index": dict(self.mirrors.store.index) if self.mirrors else {}})
-        self.store.collect_garbage(also_keep=self.prev_index)
-        self.prev_index = dict(self.store.index)
-        if self.mirrors is not None:
-            self.mirrors.store.collect_garbage(also_keep=self.prev_mirror_index)
-            self.prev_mirror_index = dict(self.mirrors.store.index)
 
     # ---- the loop ------------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> Result:
@@ -473,15 +368,6 @@ class Simulation:
         """Per client with a held-out split: (client, correct, n, the algorithm's client_profile)."""
         return personal_accuracies(self.runtime, self.algo, self.server_state, self.store, self.partition,
                                    self.dataset, self.cfg.data.num_clients, bs or self.cfg.eval.batch_size)
-
-
-def _identity(cfg: Config) -> dict:
-    """What a resumed run must share with its checkpoint: everything but ``rounds`` and the devices
-    (resuming on another device continues the run; only the same device reproduces it bit for bit)."""
-    d = cfg.to_dict()
-    d["rounds"] = 0
-    d["engine"] = {k: v for k, v in d["engine"].items() if k not in ("device", "devices")}
-    return d
 
 
 Payloads = dict  # kind -> bytes for every client, or client -> (kind -> bytes) with codec.downlink = "delta"
