@@ -67,6 +67,13 @@ class RunState:
         return model
 
     def _resume(self) -> bool:
+        from fedsqueeze.engine.checkpoint import load_checkpoint
+
+        found, damaged = load_checkpoint(self.run_dir)
+        if found is None and damaged:  # not a crash before the first checkpoint: refuse, change nothing
+            raise FedsqueezeError(f"{damaged[0].split(';')[0]} and there is no intact previous checkpoint, so "
+                                  f"{self.run_dir} cannot continue; start it again with `fedsqueeze run "
+                                  f"{self.run_dir / 'config.toml'} --out {self.run_dir} --overwrite`")
         ckpt, warnings = restore_checkpoint(self.run_dir)
         self.warnings += warnings
         if ckpt is None:

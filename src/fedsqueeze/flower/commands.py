@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import tempfile
@@ -77,6 +78,10 @@ def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, auth: bool 
 def cmd_local(args) -> int:
     from fedsqueeze.flower.local import interrupt_on_termination
 
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise FedsqueezeError(f"--timeout must be a finite number of seconds > 0, got {args.timeout!r}")
+    if args.nodes is not None and not 1 <= args.nodes <= 1000:
+        raise FedsqueezeError(f"--nodes must be an integer in [1, 1000], got {args.nodes}")
     cfg = _config(args)
     nodes = args.nodes if args.nodes is not None else cfg.data.num_clients
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -96,6 +101,26 @@ def cmd_local(args) -> int:
     return 0
 
 
+def _check_hosts(text: str, hosts: tuple[str, ...]) -> None:
+    """Each host is an IP address or a DNS name (letters, digits, '-', '.'; at most 253 characters)."""
+    import ipaddress
+    import re
+
+    if not hosts:
+        raise FedsqueezeError(f"--hosts {text[:60]!r} names no host; give comma-separated names or addresses, "
+                              "e.g. --hosts 127.0.0.1,localhost")
+    for h in hosts:
+        try:
+            ipaddress.ip_address(h)
+            continue
+        except ValueError:
+            pass
+        if len(h) > 253 or not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                                            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", h):
+            raise FedsqueezeError(f"--hosts entry {h[:60]!r} is neither an IP address nor a DNS name; give e.g. "
+                                  "--hosts 127.0.0.1,localhost,server.example.org")
+
+
 def cmd_certs(args) -> int:
     from fedsqueeze.flower.tls import make_certificates
 
@@ -103,7 +128,13 @@ def cmd_certs(args) -> int:
 
     if args.supernode_keys < 0:
         raise FedsqueezeError(f"--supernode-keys must be >= 0, got {args.supernode_keys}")
+    if args.supernode_keys > 1000:
+        raise FedsqueezeError(f"--supernode-keys must be at most 1000, got {args.supernode_keys}")
     hosts = tuple(h.strip() for h in args.hosts.split(",") if h.strip())
+    _check_hosts(args.hosts, hosts)
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FedsqueezeError(f"{args.out_dir} exists and is not a folder; give a folder for the certificates")
     certs = make_certificates(args.out_dir, hosts)
     print(f"wrote {certs.ca} (CA: --root-certificates for SuperNodes, root-certificates for flwr), "
           f"{certs.cert} and {certs.key} (the SuperLink's --ssl-certfile/--ssl-keyfile) for {', '.join(hosts)}; "
