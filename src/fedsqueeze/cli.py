@@ -396,6 +396,7 @@ def os_error_line(e: OSError) -> str:
            errno.ENOTDIR: "a part of that path is a file, not a folder: fix the path",
            errno.EISDIR: "it is a folder: give a file name",
            errno.ENOENT: "a folder on that path does not exist: fix the path or create it",
+           errno.EEXIST: "a file of that name is in the way where a folder is needed: fix the path",
            errno.ENAMETOOLONG: "shorten the path"}.get(e.errno, "check the path, its permissions and free space")
     return f"cannot use {str(path)!r}: {what}; {fix}"
 

@@ -155,37 +155,38 @@ BATCH_MAX = 1 << 20
 EPOCHS_MAX = 10_000
 STEPS_MAX = 10_000_000
 TIMEOUT_MIN, TIMEOUT_MAX = 0.1, 7 * 24 * 3600.0
-SPEC_CHARS_MAX = 4096         # a codec spec string (a whole pipeline included)
+STRING_MAX = 4096             # any string value (a path, a name, a spec)
+SPEC_CHARS_MAX = 2048         # a codec spec string (a whole pipeline included)
 SPEC_STAGES_MAX = 32          # stages of a codec pipeline
 OPTION_DEPTH_MAX = 8          # nesting of lists/tables inside an options table
 
 # (key, predicate, allowed-range text) checked after parsing (floats are also checked to be finite)
 _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
-    ("rounds", lambda v: 1 <= v <= ROUNDS_MAX, f"an integer in [1, {ROUNDS_MAX:,}]"),
-    ("seed", lambda v: 0 <= v <= SEED_MAX, "an integer in [0, 2**63 - 1]"),
-    ("data.num_clients", lambda v: 1 <= v <= CLIENTS_MAX, f"an integer in [1, {CLIENTS_MAX:,}]"),
+    ("rounds", lambda v: 1 <= v <= ROUNDS_MAX, f"an integer >= 1 (at most {ROUNDS_MAX:,})"),
+    ("seed", lambda v: 0 <= v <= SEED_MAX, "an integer >= 0 (at most 2**63 - 1)"),
+    ("data.num_clients", lambda v: 1 <= v <= CLIENTS_MAX, f"an integer >= 1 (at most {CLIENTS_MAX:,})"),
     ("data.alpha", lambda v: v > 0, "a number > 0"),
-    ("data.shards_per_client", lambda v: 1 <= v <= 1_000_000, "an integer in [1, 1,000,000]"),
+    ("data.shards_per_client", lambda v: 1 <= v <= 1_000_000, "an integer >= 1 (at most 1,000,000)"),
     ("data.holdout_fraction", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("train.clients_per_round", lambda v: 1 <= v <= CLIENTS_MAX, f"an integer in [1, {CLIENTS_MAX:,}]"),
+    ("train.clients_per_round", lambda v: 1 <= v <= CLIENTS_MAX, f"an integer >= 1 (at most {CLIENTS_MAX:,})"),
     ("train.client_fraction", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    ("train.local_epochs", lambda v: 0 <= v <= EPOCHS_MAX, f"an integer in [0, {EPOCHS_MAX:,}]"),
-    ("train.local_steps", lambda v: 0 <= v <= STEPS_MAX, f"an integer in [0, {STEPS_MAX:,}]"),
-    ("train.batch_size", lambda v: 1 <= v <= BATCH_MAX, f"an integer in [1, {BATCH_MAX:,}]"),
+    ("train.local_epochs", lambda v: 0 <= v <= EPOCHS_MAX, f"an integer >= 0 (at most {EPOCHS_MAX:,})"),
+    ("train.local_steps", lambda v: 0 <= v <= STEPS_MAX, f"an integer >= 0 (at most {STEPS_MAX:,})"),
+    ("train.batch_size", lambda v: 1 <= v <= BATCH_MAX, f"an integer >= 1 (at most {BATCH_MAX:,})"),
     ("train.optimizer", lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"),
     ("train.lr", lambda v: v > 0, "a number > 0"),
     ("train.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("train.weight_decay", lambda v: v >= 0, "a number >= 0"),
     ("eval.every", lambda v: 0 <= v <= ROUNDS_MAX, "an integer >= 0 (0 = only the last round)"),
     ("eval.personal_every", lambda v: 0 <= v <= ROUNDS_MAX, "an integer >= 0 (0 = only the last round)"),
-    ("eval.batch_size", lambda v: 1 <= v <= BATCH_MAX, f"an integer in [1, {BATCH_MAX:,}]"),
+    ("eval.batch_size", lambda v: 1 <= v <= BATCH_MAX, f"an integer >= 1 (at most {BATCH_MAX:,})"),
     ("codec.downlink", lambda v: v in ("broadcast", "delta"), "'broadcast' or 'delta'"),
     ("engine.workers", lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
     ("engine.checkpoint_every", lambda v: 0 <= v <= ROUNDS_MAX, "an integer >= 0"),
     ("engine.min_replies", lambda v: 1 <= v <= CLIENTS_MAX, "an integer >= 1"),
     ("engine.round_timeout", lambda v: TIMEOUT_MIN <= v <= TIMEOUT_MAX,
-     f"a number of seconds in [{TIMEOUT_MIN:g}, {TIMEOUT_MAX:g}] (a step shorter than that skips every round)"),
-    ("engine.retries", lambda v: 0 <= v <= 1000, "an integer in [0, 1000]"),
+     f"a number of seconds > 0, at least {TIMEOUT_MIN:g} (shorter skips every round) and at most {TIMEOUT_MAX:g}"),
+    ("engine.retries", lambda v: 0 <= v <= 1000, "an integer >= 0 (at most 1000)"),
     ("engine.too_few", lambda v: v in ("skip", "fail"), "'skip' or 'fail'"),
     ("engine.max_update_norm", lambda v: v >= 0, "a number >= 0 (0 = no bound)"),
     ("engine.dropout", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
@@ -261,7 +262,11 @@ def _check_plain(value: Any, key: str, depth: int = 0) -> None:
         if not math.isfinite(value):
             raise ConfigError(f"config key {key!r} = {value!r} is invalid: it must be a finite number "
                               "(write a number, not nan or inf)")
-    elif not isinstance(value, (str, numbers.Integral)):
+    elif isinstance(value, str):
+        if len(value) > STRING_MAX:
+            raise ConfigError(f"config key {key!r} is a string of {len(value):,} characters (at most {STRING_MAX:,}); "
+                              "give the intended name, spec or path")
+    elif not isinstance(value, numbers.Integral):
         raise ConfigError(f"config key {key!r} = {str(value)[:40]!r} is a {type(value).__name__}; config values "
                           "are numbers, strings, booleans, lists or tables (quote dates and times as strings)")
 
@@ -293,7 +298,7 @@ def _check_codec_spec(spec: Any, key: str, depth: int = 0) -> None:
         for i, stage in enumerate(spec):
             _check_codec_spec(stage, f"{key}[{i}]", depth + 1)
     else:
-        raise ConfigError(f"{key} must be a codec spec: a string, table or list, not {type(spec).__name__} "
+        raise ConfigError(f"{key}: a codec spec must be a string, table or list, not {type(spec).__name__} "
                           f"({str(spec)[:40]}); e.g. codec.up = \"topk(fraction=0.01)\"")
 
 
@@ -444,7 +449,11 @@ def load_config(path: str | Path | None = None, overrides: list | None = None) -
     raw: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.exists():
+        try:
+            exists = p.exists()
+        except OSError:  # e.g. a name longer than the file system allows
+            exists = False
+        if not exists:
             from fedsqueeze import presets
 
             preset = presets.path(str(path)) if len(str(path)) <= 200 else None
