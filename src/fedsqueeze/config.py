@@ -313,6 +313,10 @@ def from_dict(raw: dict) -> Config:
         value = _get(cfg, key)
         if not ok(value) or (isinstance(value, float) and not math.isfinite(value)):
             raise ConfigError(f"config key {key!r} = {value!r} is invalid: it must be {allowed}")
+    for key, path in (("output_dir", cfg.output_dir), ("data.dir", cfg.data.dir)):
+        if "\x00" in path:
+            raise ConfigError(f"config key {key!r} = {path[:60]!r} contains a NUL character, which no file system "
+                              "accepts; give a folder path")
     if cfg.train.local_epochs == 0 and cfg.train.local_steps == 0:
         raise ConfigError("train.local_epochs = 0 and train.local_steps = 0: no client would train; set "
                           "train.local_epochs >= 1 (or train.local_steps >= 1 for a fixed number of SGD steps)")

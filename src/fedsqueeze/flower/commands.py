@@ -25,6 +25,11 @@ def cmd_app(args) -> int:
     from fedsqueeze.flower import require_flwr
     from fedsqueeze.flower.app_template import write_app
 
+    host, _, port = args.superlink.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise FedsqueezeError(f"--superlink {args.superlink[:60]!r} must be HOST:PORT with a port in [1, 65535], "
+                              "e.g. --superlink 127.0.0.1:8000")
+    _check_hosts(host, (host.strip("[]"),))
     require_flwr()
     cfg = _config(args)
     if args.auth and args.insecure:
