@@ -149,3 +149,27 @@ def test_bench_badinput_counts_clean_errors(monkeypatch, capsys):
     monkeypatch.setattr(badinput, "CASES", [BY_NAME["zero rounds"], BY_NAME["unknown section"], accepted])
     assert main(["bench", "badinput"]) == 1
     assert "bad inputs covered: 3, clean one-line errors with exit 2: 2" in capsys.readouterr().out
+
+
+def test_plot_out_a_folder_writes_inside_it_and_leaves_the_run_unchanged(tmp_path, capsys):
+    from fedsqueeze.bench.badinput import _finished_run
+
+    _finished_run(tmp_path)
+    before = snapshot(tmp_path / "done")
+    (tmp_path / "pics").mkdir()
+    assert main(["plot", str(tmp_path / "done"), "--out", str(tmp_path / "pics")]) == 0
+    assert (tmp_path / "pics" / "comparison.png").stat().st_size > 1000
+    assert not (tmp_path / "pics.png").exists() and snapshot(tmp_path / "done") == before
+
+
+def test_checking_model_options_draws_no_random_numbers():
+    """The parameter count on the meta device leaves the RNG where it was: same weights as a direct build."""
+    import torch
+
+    from fedsqueeze.models.zoo import MLP, build_model
+
+    torch.manual_seed(3)
+    checked = build_model("mlp", (1, 8, 8), 10, hidden=16)
+    torch.manual_seed(3)
+    direct = MLP((1, 8, 8), 10, hidden=16)
+    assert all(torch.equal(a, b) for a, b in zip(checked.state_dict().values(), direct.state_dict().values()))
