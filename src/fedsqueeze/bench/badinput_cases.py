@@ -143,6 +143,10 @@ MORE_CASES: list[Case] = [
     # -- wrong types and spellings
     Case("learning rate as a string", "'train.lr' must be of type float", "got '0.1' (str)", {"train.lr": "0.1"}),
     Case("fractional rounds", "'rounds' must be of type int", "got 3.5 (float)", {"rounds": 3.5}),
+    Case("server learning rate as a string", "option algorithm.server_lr = 'fast' must be a number", "not str",
+         {"algorithm.server_lr": "fast"}),
+    Case("weighting as a number", "option algorithm.weighting = '3' must be a string", "not int",
+         {"algorithm.weighting": 3}),
     Case("optimizer misspelt", "'train.optimizer' = 'sgdd' is invalid", "'sgd' or 'adam'", {"train.optimizer": "sgdd"}),
     Case("too_few misspelt", "'engine.too_few' = 'maybe' is invalid", "'skip' or 'fail'", {"engine.too_few": "maybe"}),
     Case("downlink misspelt", "'codec.downlink' = 'multicast' is invalid", "'broadcast' or 'delta'",
