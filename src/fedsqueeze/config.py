@@ -155,6 +155,7 @@ BATCH_MAX = 1 << 20
 EPOCHS_MAX = 10_000
 STEPS_MAX = 10_000_000
 TIMEOUT_MIN, TIMEOUT_MAX = 0.1, 7 * 24 * 3600.0
+LR_MAX = 1000.0               # learning rate and weight decay: beyond this every step overflows
 STRING_MAX = 4096             # any string value (a path, a name, a spec)
 SPEC_CHARS_MAX = 2048         # a codec spec string (a whole pipeline included)
 SPEC_STAGES_MAX = 32          # stages of a codec pipeline
@@ -165,7 +166,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("rounds", lambda v: 1 <= v <= ROUNDS_MAX, f"an integer >= 1 (at most {ROUNDS_MAX:,})"),
     ("seed", lambda v: 0 <= v <= SEED_MAX, "an integer >= 0 (at most 2**63 - 1)"),
     ("data.num_clients", lambda v: 1 <= v <= CLIENTS_MAX, f"an integer >= 1 (at most {CLIENTS_MAX:,})"),
-    ("data.alpha", lambda v: v > 0, "a number > 0"),
+    ("data.alpha", lambda v: 0 < v <= 1e6, "a number > 0 (at most 1e6; 100 is already nearly IID)"),
     ("data.shards_per_client", lambda v: 1 <= v <= 1_000_000, "an integer >= 1 (at most 1,000,000)"),
     ("data.holdout_fraction", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("train.clients_per_round", lambda v: 1 <= v <= CLIENTS_MAX, f"an integer >= 1 (at most {CLIENTS_MAX:,})"),
@@ -174,9 +175,9 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("train.local_steps", lambda v: 0 <= v <= STEPS_MAX, f"an integer >= 0 (at most {STEPS_MAX:,})"),
     ("train.batch_size", lambda v: 1 <= v <= BATCH_MAX, f"an integer >= 1 (at most {BATCH_MAX:,})"),
     ("train.optimizer", lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"),
-    ("train.lr", lambda v: v > 0, "a number > 0"),
+    ("train.lr", lambda v: 0 < v <= LR_MAX, f"a number > 0 (at most {LR_MAX:g})"),
     ("train.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("train.weight_decay", lambda v: v >= 0, "a number >= 0"),
+    ("train.weight_decay", lambda v: 0 <= v <= LR_MAX, f"a number >= 0 (at most {LR_MAX:g})"),
     ("eval.every", lambda v: 0 <= v <= ROUNDS_MAX, "an integer >= 0 (0 = only the last round)"),
     ("eval.personal_every", lambda v: 0 <= v <= ROUNDS_MAX, "an integer >= 0 (0 = only the last round)"),
     ("eval.batch_size", lambda v: 1 <= v <= BATCH_MAX, f"an integer >= 1 (at most {BATCH_MAX:,})"),

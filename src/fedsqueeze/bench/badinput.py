@@ -241,8 +241,10 @@ def snapshot(folder: Path) -> dict[str, tuple]:
                 out[rel] = ("link", os.readlink(p))
             elif p.is_dir():
                 out[rel] = ("dir",)
-            else:
+            elif p.is_file():
                 out[rel] = ("file", p.stat().st_mode, hashlib.sha256(p.read_bytes()).hexdigest())
+            else:  # a FIFO, socket or device: never read it
+                out[rel] = ("special", p.stat().st_mode)
     return out
 
 

@@ -71,6 +71,8 @@ MORE_CASES: list[Case] = [
     Case("config is a folder", "is a folder", "give the toml file inside it", argv=("run", "{dir}")),
     Case("config is a device", "is not a regular file", "give a toml file", argv=("run", "/dev/null")),
     Case("config with a NUL byte", "invalid toml", "fix the syntax", toml="rounds = 1\x00\n"),
+    Case("config is a FIFO", "is not a regular file", "give a toml file",
+         argv=("run", "{dir}/fifo"), files=lambda folder: __import__("os").mkfifo(folder / "fifo")),
     Case("config larger than 4 MB", "more than a config can be", "give the right file",
          argv=("run", "{dir}/big.toml"), files=_file("big.toml", "#" + "x" * (5 << 20) + "\n")),
     Case("config key given twice", "invalid toml", "fix the syntax", toml="rounds = 1\nrounds = 2\n"),
@@ -111,6 +113,8 @@ MORE_CASES: list[Case] = [
     # -- numbers that are not finite, or nonsense
     Case("learning rate inf", "'train.lr' = inf is invalid", _FINITE[0], {"train.lr": float("inf")}),
     Case("learning rate nan", "'train.lr' = nan is invalid", _FINITE[1], {"train.lr": float("nan")}),
+    Case("learning rate 1e308", "'train.lr' = 1e+308 is invalid", "at most 1000", {"train.lr": 1e308}),
+    Case("alpha 1e300", "'data.alpha' = 1e+300 is invalid", "at most 1e6", {"data.alpha": 1e300}),
     Case("weight decay inf", "'train.weight_decay' = inf is invalid", _FINITE[0], {"train.weight_decay": float("inf")}),
     Case("momentum nan", "'train.momentum' = nan is invalid", _FINITE[0], {"train.momentum": float("nan")}),
     Case("alpha inf", "'data.alpha' = inf is invalid", _FINITE[0], {"data.alpha": float("inf")}),
