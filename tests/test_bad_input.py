@@ -94,6 +94,20 @@ def test_disk_full_or_read_only_mid_run_is_one_line_naming_the_path(err, tmp_pat
             errno.EACCES: "fix its permissions"}[err] in errors[0]
 
 
+def test_a_write_error_without_a_file_name_names_the_run_folder(tmp_path, capsys, monkeypatch):
+    from fedsqueeze.metrics.results import RunWriter
+
+    def full(self, rec):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what f.write() raises on a full disk
+
+    monkeypatch.setattr(RunWriter, "append_round", full)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(to_toml(BASE))
+    assert main(["run", str(cfg), "--quiet", "--out", str(tmp_path / "run")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: cannot use '{tmp_path / 'run'}': No space left on device; free some disk space")
+
+
 def test_an_unexpected_exception_is_one_internal_error_line_with_exit_1(monkeypatch, capsys):
     import fedsqueeze.cli as cli
 

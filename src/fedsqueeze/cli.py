@@ -113,6 +113,9 @@ def cmd_run(args) -> int:
         result = fedsqueeze.run(cfg, run_dir=run_dir, resume=bool(args.resume), overwrite=args.overwrite,
                                 progress=progress,
                                 log=lambda msg: console.print(f"[dim]{msg}[/]"))
+    except OSError as e:  # a write error (a full disk) carries no file name: name the run folder
+        e.filename = e.filename or str(run_dir if run_dir is not None else cfg.output_dir)
+        raise
     finally:
         if prog is not None:
             prog.stop()
