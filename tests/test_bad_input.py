@@ -187,3 +187,14 @@ def test_checking_model_options_draws_no_random_numbers():
     torch.manual_seed(3)
     direct = MLP((1, 8, 8), 10, hidden=16)
     assert all(torch.equal(a, b) for a, b in zip(checked.state_dict().values(), direct.state_dict().values()))
+
+
+def test_a_config_path_with_newlines_cannot_inject_into_the_flower_apps_pyproject(tmp_path, capsys):
+    import tomllib
+
+    pytest.importorskip("flwr")
+    cfg = tmp_path / 'c\n[evil]\nx = 1\n#.toml'
+    cfg.write_text(to_toml(BASE))
+    assert main(["flower", "app", str(cfg), str(tmp_path / "app")]) == 0
+    pyproject = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())
+    assert "evil" not in pyproject and "project" in pyproject

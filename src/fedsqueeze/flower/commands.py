@@ -36,7 +36,8 @@ def cmd_app(args) -> int:
         raise FedsqueezeError("SuperNode authentication needs TLS (Flower refuses it in plaintext); "
                               "drop --insecure or --auth")
     out = write_app(cfg, args.out_dir, insecure=args.insecure, run_dir=args.run_dir or "",
-                    superlink=args.superlink, source=args.config, auth=args.auth)
+                    superlink=args.superlink, auth=args.auth,  # the path goes into a TOML comment: one line
+                    source=args.config.translate({i: "?" for i in [*range(32), 127]}))
     print(f"wrote the Flower app for {cfg.name!r} to {out}/ (pyproject.toml, fedsqueeze_app/, README.md)")
     mode = "plaintext (--insecure)" if args.insecure else "TLS" + (" + SuperNode authentication" if args.auth else "")
     print(f"{mode}; how to run it: {out / 'README.md'}")
