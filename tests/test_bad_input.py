@@ -71,6 +71,8 @@ def test_to_toml_escapes_every_control_character():
 
     text = "".join(chr(i) for i in range(0x20)) + '"\\\x7f é'
     assert tomllib.loads(to_toml({"name": text, "t": {"s": text}})) == {"name": text, "t": {"s": text}}
+    odd = {"a = 1\n[evil]": 1, "x y": {"k\"": 2}}  # keys are quoted unless bare
+    assert tomllib.loads(to_toml({"t": odd, "u": 1})) == {"t": odd, "u": 1}
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES])

@@ -245,6 +245,9 @@ def _get(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
 def _check_plain(value: Any, key: str, depth: int = 0) -> None:
     """Every value in a config is a finite number, a string, a boolean, or a list/table of them (no TOML
     dates, no NaN/Inf, no absurd nesting), so it can be checked, written to config.toml and read back."""
@@ -253,8 +256,9 @@ def _check_plain(value: Any, key: str, depth: int = 0) -> None:
                           "options are numbers, strings, booleans or short lists")
     if isinstance(value, dict):
         for k, v in value.items():
-            if not isinstance(k, str):
-                raise ConfigError(f"config key {key!r} has a non-string key {k!r}; keys are names")
+            if not isinstance(k, str) or not _BARE_KEY.fullmatch(k):
+                raise ConfigError(f"config key {key!r} has the key {str(k)[:40]!r}; keys are names of letters, "
+                                  "digits, '_' and '-' (at most 100 characters)")
             _check_plain(v, f"{key}.{k}" if key else k, depth + 1)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
@@ -482,8 +486,11 @@ def to_toml(data: dict) -> str:
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + "}"
+            return "{" + ", ".join(f"{key(k)} = {scalar(x)}" for k, x in v.items()) + "}"
         raise TypeError(f"cannot write {v!r} as TOML")
+
+    def key(k: Any) -> str:  # bare when it may be, else a quoted key
+        return k if isinstance(k, str) and _BARE_KEY.fullmatch(k) else toml_string(str(k))
 
     lines: list[str] = []
     tables = []
@@ -491,9 +498,9 @@ def to_toml(data: dict) -> str:
         if isinstance(v, dict):
             tables.append((k, v))
         else:
-            lines.append(f"{k} = {scalar(v)}")
+            lines.append(f"{key(k)} = {scalar(v)}")
     for name, table in tables:
-        lines.append(f"\n[{name}]")
+        lines.append(f"\n[{key(name)}]")
         for k, v in table.items():
-            lines.append(f"{k} = {scalar(v)}")
+            lines.append(f"{key(k)} = {scalar(v)}")
     return "\n".join(lines) + "\n"

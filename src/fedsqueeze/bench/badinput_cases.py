@@ -86,8 +86,12 @@ MORE_CASES: list[Case] = [
          args=("--set", "data.options=" + "{a=" * 600 + "1" + "}" * 600)),
     Case("options nested 20 deep", "nested more than 8 levels", "short lists",
          {"data.source": "synthetic", "data.options": {"x": json.loads(_deep(20))}}),
+    Case("option key that injects TOML", "has the key 'a = 1\\n[evil]'", "keys are names of letters",
+         {"data.source": "synthetic", "data.options": {"a = 1\n[evil]": 2}}),
+    Case("option key with a space", "has the key 'num samples'", "keys are names of letters",
+         {"data.source": "synthetic", "data.options": {"num samples": 200}}),
     Case("--set with an empty value", "'rounds' must be of type int", "got ''", args=("--set", "rounds=")),
-    Case("--set with a space in the key", "unknown config key 'train. lr'", "did you mean 'train.lr'",
+    Case("--set with a space in the key", "config key 'train' has the key ' lr'", "keys are names of letters",
          args=("--set", "train. lr=0.1")),
     # -- integers beyond what they mean
     Case("seed of 2**63", "'seed' = 9223372036854775808 is invalid", "at most 2**63 - 1", {"seed": 2**63}),
