@@ -50,6 +50,15 @@ def _put(name: str, data: bytes | str) -> Callable[[Path], None]:
     return lambda run: (run / name).write_bytes(raw)
 
 
+def _edit_config(section: str, key: str, value: object) -> Callable[[Path], None]:
+    """Change one key of a run's config.json (as a careless or hostile hand would)."""
+    def edit(run: Path) -> None:
+        cfg = json.loads((run / "config.json").read_text())
+        cfg[section][key] = value
+        (run / "config.json").write_text(json.dumps(cfg))
+    return edit
+
+
 def _suite(text: str) -> Callable[[Path], None]:
     """A base config {dir}/b.toml and the suite {dir}/s.toml."""
     return _all(_file("b.toml", to_toml(BASE)), _file("s.toml", 'base = "b.toml"\n' + text))
@@ -347,6 +356,10 @@ MORE_CASES: list[Case] = [
          argv=("personal", "{dir}/nope")),
     Case("personal with a damaged config.json", "config.json is damaged", "restore it",
          argv=("personal", "{dir}/done"), files=_run_then(_put("config.json", "not json"))),
+    Case("personal with an edited config.json", "config.json does not match the run's checkpoint", "config.toml",
+         argv=("personal", "{dir}/done"), files=_run_then(_edit_config("model", "name", "mlp"))),
+    Case("personal with an edited federation", "config.json does not match the run's checkpoint", "config.toml",
+         argv=("personal", "{dir}/done"), files=_run_then(_edit_config("data", "num_clients", 3))),
     Case("personal with a corrupt checkpoint", "corrupt", "--resume",
          argv=("personal", "{dir}/done"), files=_run_then(_put("checkpoint.pt", b"\x00" * 64))),
     # -- compare suites

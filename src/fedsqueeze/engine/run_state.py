@@ -104,6 +104,9 @@ class RunState:
         if ckpt is None:
             raise FedsqueezeError(f"{self.run_dir} has no readable checkpoint; personal reports need "
                                   "engine.checkpoint_every > 0")
+        if _identity(from_dict(ckpt["config"])) != _identity(self.cfg):
+            raise ConfigError(f"{self.run_dir / 'config.json'} does not match the run's checkpoint (edited?); "
+                              "restore it from the run's config.toml")
         self._adopt(ckpt, create=False)
 
     def _adopt(self, ckpt: dict, *, create: bool = True) -> None:
