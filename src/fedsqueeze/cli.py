@@ -135,6 +135,13 @@ def cmd_compare(args) -> int:
     if not console.is_terminal:  # a log file: room for the whole table
         console = Console(stderr=True, width=200)
     suite = load_suite(args.suite)
+    for name in (*(args.rerun or ()), *(args.only or ())):
+        suite.run(name)  # an unknown name: one line before any folder is made
+    if args.workers is not None or args.device is not None:  # checked as config values, before any folder
+        from fedsqueeze.config import apply_overrides, from_dict
+        extra = [("engine.workers", args.workers)] if args.workers is not None else []
+        extra += [("engine.device", args.device)] if args.device is not None else []
+        from_dict(apply_overrides(suite.runs[0].config.to_dict(), extra))
     if args.report_only:
         report(suite, Path(args.out) / suite.name, console=console)
         return 0

@@ -134,6 +134,8 @@ def load_suite(path: str | Path) -> Suite:
                                       "shares data, seed, rounds and clients per round (change the base instead)")
             _set_dotted(cfg_raw, key, value, where)
         cfg_raw["name"] = f"{suite_name}-{entry['name']}"
+        if not isinstance(entry.get("label", ""), str):
+            raise ConfigError(f"{where}: label must be a string, e.g. label = \"fedavg, top-k 1%\"")
         budget = entry.get("budget_mb", 0.0)
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < float("inf"):
             raise ConfigError(f"{where}: budget_mb must be a number of megabytes > 0")
