@@ -39,7 +39,7 @@ def make_data(n, seed):
 
 
 data = fedsqueeze.FederatedData(make_data(2000, 0), test=make_data(500, 1), partitioner="iid",
-                                num_clients=8, name="linear")
+                                num_clients=8, name="linear", task="regression")
 config = {"name": "regression", "rounds": 10,
           "train": {"loss": "mse", "clients_per_round": 4, "local_epochs": 2, "batch_size": 32, "lr": 0.02},
           "eval": {"metrics": ["loss", "mae", "max_abs_error_below_1"]},

@@ -138,6 +138,10 @@ def _raw_config(config: Config | dict | str | Path | None) -> dict:
         return _plain(config)
     p = Path(config)
     if not p.is_file():
+        from fedsqueeze import presets
+
+        p = presets.path(str(config)) or p  # a shipped preset by name, e.g. "digits-quick"
+    if not p.is_file():
         load_config(p)  # the usual "not found" error
     try:
         return tomllib.loads(p.read_text())

@@ -7,9 +7,9 @@ partitioner (``partitioner="dirichlet", alpha=0.3``) or by explicit per-client i
 
 Rules, each checked with a one-line :class:`~fedsqueeze.errors.DataError`:
 
-- inputs and labels have the same length; labels are integer class ids ``>= 0`` (1-D), or float targets
-  ((N,) or (N, k)) for regression (``train.loss = "mse"``; the model gets ``num_classes`` = k outputs, 1
-  for 1-D targets). Float targets are split with ``partitioner="iid"``, explicit ``clients=`` or your own
+- inputs and labels have the same length; labels are integer class ids ``>= 0`` (1-D), or with
+  ``task="regression"`` float targets ((N,) or (N, k); ``train.loss = "mse"``; the model gets
+  ``num_classes`` = k outputs, 1 for 1-D targets). Float targets are split with ``partitioner="iid"``, explicit ``clients=`` or your own
   partitioner (the label-based ones have no classes to split by); ``metrics.losses.check_task`` refuses a
   loss or metric that does not fit the targets;
 - explicit client index arrays are 1-D integer arrays, non-empty, inside ``0..len(train)-1``, and
@@ -45,7 +45,7 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
         raise DataError(f"{what} must be a tensor or array, got {type(value).__name__}: {e}") from None
 
 
-def _xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _xy(data: Any, what: str, regression: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, labels) from a TensorDataset, an (x, y) pair, or any map-style torch Dataset of (x, y)."""
     from torch.utils.data import Dataset as TorchDataset, TensorDataset
 
@@ -65,7 +65,8 @@ def _xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
             raise DataError(f"{what}: dataset items must be (input, label) pairs, got {type(items[0]).__name__}")
         try:
             x = torch.stack([_as_tensor(it[0], what) for it in items])
-            y = torch.as_tensor([int(it[1]) if not isinstance(it[1], float) else it[1] for it in items])
+            y = (torch.stack([_as_tensor(it[1], what).to(torch.float32) for it in items]) if regression
+                 else torch.as_tensor([int(it[1]) if not isinstance(it[1], float) else it[1] for it in items]))
         except (TypeError, RuntimeError) as e:
             raise DataError(f"{what}: cannot stack the dataset's items into tensors: {e}") from None
     else:
@@ -75,24 +76,27 @@ def _xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     if x.ndim < 2:
         raise DataError(f"{what} inputs must have shape (N, ...) with one row per sample, got shape {tuple(x.shape)}")
     if y.dtype.is_complex or y.dtype == torch.bool:
-        raise DataError(f"{what} labels must be integer class ids (or float regression targets), got dtype {y.dtype}")
+        raise DataError(f"{what} labels must be integer class ids, got dtype {y.dtype}")
     if len(x) != len(y):
         raise DataError(f"{what}: {len(x)} inputs but {len(y)} labels; they must have the same length")
     if len(y) == 0:
         raise DataError(f"{what} is empty")
     if x.dtype.is_floating_point:
         x = x.to(torch.float32)
-    if y.dtype.is_floating_point:  # regression targets, (N,) or (N, k)
+    if regression:  # float targets, (N,) or (N, k)
         if y.ndim not in (1, 2):
             raise DataError(f"{what} float targets must have shape (N,) or (N, k), got {tuple(y.shape)}")
         if not bool(torch.isfinite(y).all()):
             raise DataError(f"{what} targets hold NaN or Inf; clean them first")
         return x.contiguous(), y.to(torch.float32).contiguous()
+    if y.dtype.is_floating_point:
+        raise DataError(f"{what} labels must be integer class ids, got dtype {y.dtype}; for float regression "
+                        "targets pass task=\"regression\" (and train.loss = \"mse\")")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
         raise DataError(f"{what} labels must be 1-D class ids, got shape {tuple(y.shape)} "
-                        "(one-hot targets: pass y.argmax(1); regression targets: pass floats)")
+                        "(one-hot targets: pass y.argmax(1); regression targets: task=\"regression\")")
     if int(y.min()) < 0:
         raise DataError(f"{what} labels must be non-negative class ids, found {int(y.min())}")
     return x.contiguous(), y.to(torch.int64).contiguous()
@@ -153,15 +157,20 @@ class FederatedData(Dataset):
     name, default ``"iid"``) with ``num_clients`` and the partitioner's options (``alpha=0.3``,
     ``shards_per_client=2``, ...). ``holdout_fraction`` (default: the config's ``data.holdout_fraction``)
     applies when ``holdout`` is not given. ``num_classes`` defaults to the largest label + 1.
+    ``task="regression"``: the targets are float values (``train.loss = "mse"``), not class labels.
     """
 
     def __init__(self, train: Any, *, test: Any = None, clients: Sequence[Any] | None = None,
                  holdout: Sequence[Any] | None = None, partitioner: str | None = None,
                  num_clients: int | None = None, holdout_fraction: float | None = None,
-                 num_classes: int | None = None, name: str = "own", **partition_options: Any) -> None:
-        x, y = _xy(train, "train")
+                 num_classes: int | None = None, name: str = "own", task: str = "classification",
+                 **partition_options: Any) -> None:
+        if task not in ("classification", "regression"):
+            raise DataError(f"task must be \"classification\" (integer class labels) or \"regression\" (float "
+                            f"targets), got {task!r}")
+        x, y = _xy(train, "train", task == "regression")
         if test is not None:
-            xt, yt = _xy(test, "test")
+            xt, yt = _xy(test, "test", task == "regression")
             if tuple(xt.shape[1:]) != tuple(x.shape[1:]):
                 raise DataError(f"test inputs have shape {tuple(xt.shape[1:])} per sample, train inputs "
                                 f"{tuple(x.shape[1:])}; they must match")
