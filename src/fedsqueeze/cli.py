@@ -108,12 +108,13 @@ def cmd_run(args) -> int:
     if run_dir is not None:  # refusals (an existing run, a user's folder, a run in progress) before any output
         from fedsqueeze.engine.rundir import check_target
         check_target(run_dir, resume=bool(args.resume), overwrite=args.overwrite)
-    console.print(f"[bold]fedsqueeze[/] {cfg.name}: {cfg.algorithm_name} · {cfg.model.name} · {cfg.data.source} "
-                  f"({cfg.data.num_clients} clients, {cfg.data.partition}) · up={cfg.codec.up} down={cfg.codec.down}")
+    fedsqueeze.api._check_rebuildable(cfg, None)  # a part that cannot be found: one line, before any output
     callbacks = []
     if args.log_to:
         from fedsqueeze.callbacks import trackers
         callbacks = trackers(args.log_to)  # a missing package is one line, before the run starts
+    console.print(f"[bold]fedsqueeze[/] {cfg.name}: {cfg.algorithm_name} · {cfg.model.name} · {cfg.data.source} "
+                  f"({cfg.data.num_clients} clients, {cfg.data.partition}) · up={cfg.codec.up} down={cfg.codec.down}")
     progress = None
     prog = None
     if not args.quiet:
