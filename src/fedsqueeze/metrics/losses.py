@@ -18,6 +18,7 @@ Accuracy and loss are recorded as ``global_acc``/``global_loss`` as always; any 
 """
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -107,10 +108,15 @@ def metric_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], Any]:
         k = int(m.group(1))
         return lambda outputs, targets: (outputs.topk(min(k, outputs.shape[1]), dim=1).indices
                                          == targets[:, None]).any(1).float().mean()
-    try:
-        return METRICS.get(name)
-    except RegistryError as e:
-        raise ConfigError(f"eval.metrics: {e}; built-in: accuracy, loss, top<k> (e.g. top5), mae") from None
+    if name in METRICS or ":" in name:
+        try:
+            return METRICS.get(name)
+        except RegistryError as e:
+            raise ConfigError(f"eval.metrics: {e}") from None
+    known = ["accuracy", "loss", *METRICS.names()]
+    hint = difflib.get_close_matches(name, known, n=1)
+    raise ConfigError(f"eval.metrics: unknown metric {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                      + f"; available: {', '.join(known)}, top<k> (e.g. top5), or fedsqueeze.register_metric")
 
 
 def check_task(loss: str, metrics: list, targets: torch.Tensor, num_classes: int) -> None:
