@@ -223,3 +223,17 @@ def test_federated_data_regression_rules():
     two = fedsqueeze.FederatedData((x, x[:, :2]), task="regression")
     assert two.num_classes == 2 and two.y_train.dtype == torch.float32
     assert fedsqueeze.FederatedData((x, x.sum(1).double()), task="regression").num_classes == 1
+
+
+def test_the_api_docs_regression_snippet_runs(tmp_path, monkeypatch, registered, capsys):
+    import re as _re
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    code = _re.search(r"## Losses and metrics\n.*?```python\n(.*?)```", text, _re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    registered.append(("metric", "within_one"))
+    scope: dict = {}
+    exec(compile(code, "api.md", "exec"), scope)
+    loss, within = (float(v) for v in capsys.readouterr().out.split())
+    assert len(scope["result"].history) == 5 and 0 <= within <= 1
+    assert loss < 0.05 * scope["result"].history[0]["global_loss"]
