@@ -159,6 +159,11 @@ def _check_rebuildable(cfg: Config, dataset: Any) -> None:
     ALGORITHMS.get(cfg.algorithm_name)
     make_codec(cfg.codec.up)
     make_codec(cfg.codec.down)
+    from fedsqueeze.metrics.losses import get_loss, metric_fn
+    get_loss(cfg.train.loss)
+    for m in cfg.eval.metrics:
+        if isinstance(m, str) and m not in ("accuracy", "loss"):
+            metric_fn(m)
     if dataset is None and cfg.data.source.startswith("object:"):
         from fedsqueeze.engine.simulation import load_dataset
         load_dataset(cfg)  # raises its one-line DataError
