@@ -32,3 +32,27 @@ def test_list_does_not_import_torch_and_prints_what_the_code_says():
         assert kind in text
     assert "199,210 parameters on 1x28x28" in text and "sequence model" in text
     assert "top<k>" in text and "cross_entropy" in text
+
+
+def test_list_describes_registered_parts_by_importing_them(capsys):
+    import torch.nn as nn
+
+    import fedsqueeze
+    from fedsqueeze.cli import main
+
+    @fedsqueeze.register_model("t_listed_net")
+    class Listed(nn.Module):
+        """A registered test model."""
+
+        def __init__(self, input_shape, num_classes):
+            super().__init__()
+            self.fc = nn.Linear(784, num_classes)
+
+    fedsqueeze.register_metric("t_listed_metric", lambda o, y: 0.0)
+    try:
+        assert main(["list", "models"]) == 0 and main(["list", "metrics"]) == 0
+    finally:
+        fedsqueeze.unregister("model", "t_listed_net")
+        fedsqueeze.unregister("metric", "t_listed_metric")
+    err = " ".join(capsys.readouterr().err.split())
+    assert "t_listed_net" in err and "7,850 parameters" in err and "t_listed_metric" in err
