@@ -223,18 +223,29 @@ def display_rows(table: list[dict[str, Any]], networks: list[NetworkProfile]) ->
 
 
 def _pm(m: Any, h: Any, fmt: Any, unit: str = "") -> str:
-    """``mean ± half-width`` with ``fmt`` for both; the mean alone without an interval; — without a mean."""
+    """``mean ± half-width`` (both written as ``fmt(value, mean)`` writes them: the mean picks the precision
+    or time unit); the mean alone without an interval; — without a mean."""
     if m is None:
         return "—"
-    return f"{fmt(m)}{unit}" if h is None else f"{fmt(m)} ± {fmt(h)}{unit}"
+    return f"{fmt(m, m)}{unit}" if h is None else f"{fmt(m, m)} ± {fmt(h, m)}{unit}"
 
 
-def _num(v: float) -> str:
+def _num(v: float, ref: float) -> str:
     return f"{v:.1f}"
 
 
-def _pct_num(v: float) -> str:
+def _pct_num(v: float, ref: float) -> str:
     return f"{100 * v:.2f}"
+
+
+def _mb_as(v: float, ref: float) -> str:
+    return f"{v:,.1f}" if ref >= 10 else f"{v:.3f}"
+
+
+def _time_as(v: float, ref: float) -> str:
+    if ref < 120:
+        return f"{v:.0f} s"
+    return f"{v / 60:.1f} min" if ref < 7200 else f"{v / 3600:.1f} h"
 
 
 def seed_display_rows(table: list[dict[str, Any]],
@@ -251,9 +262,9 @@ def seed_display_rows(table: list[dict[str, Any]],
         def pm(key, fmt, unit=""):
             return _pm(r[f"{key}_mean"], r[f"{key}_ci95"], fmt, unit)
         body.append([r["run"], codecs, str(r["n_seeds"]), pm("final_acc", _pct_num, "%"), pm("personal_acc", _pct_num, "%"),
-                     pm("mb_total", _mb), pm("mb_to_target", _mb), f"{r['reached_target']}/{r['n_seeds']}",
+                     pm("mb_total", _mb_as), pm("mb_to_target", _mb_as), f"{r['reached_target']}/{r['n_seeds']}",
                      pm("x_fewer_bytes", _num, "×"), pm("rounds_to_target", _num)]
-                    + [pm(f"sim_s_to_target[{p.name}]", _time) for p in networks])
+                    + [pm(f"sim_s_to_target[{p.name}]", _time_as) for p in networks])
     return head, body
 
 
