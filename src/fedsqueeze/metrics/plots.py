@@ -15,7 +15,7 @@ from fedsqueeze.metrics.plot_style import distinct, federation_text, log_x, run_
 from fedsqueeze.metrics.results import read_history  # noqa: E402
 
 
-_YLABEL = {"global_acc": "global test accuracy (%)", "personal_acc": "personal accuracy (%, clients' held-out data)"}
+_YLABEL = {"global_acc": "global test accuracy (%)", "personal_acc": "personal accuracy (%)"}
 
 
 def _config(run_dir: Path) -> dict | None:
@@ -63,7 +63,7 @@ def plot_runs(run_dirs: list[Path], out: Path, *, metric: str = "global_acc", ti
         ax_rd.plot([r["round"] for r in hist], acc, marker=".", markersize=4, linewidth=1.4, color=line.get_color())
     ax_mb.set_xlabel("cumulative communication (MB, up + down, headers included)")
     ax_rd.set_xlabel("round")
-    ylabel = _YLABEL[metric] + (" / personal where marked" if personal_fallback else "")
+    ylabel = "test accuracy (%)" if personal_fallback else _YLABEL[metric]  # the legend marks the personal ones
     for ax in (ax_mb, ax_rd):
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
