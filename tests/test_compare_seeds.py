@@ -73,6 +73,8 @@ def test_seed_rows_and_table_cells():
                        "1.0 ± 0.0×", "3.0 ± 0.0"]
     assert body[1] == ["half", "fp16 / fp32", "2", "80.50 ± 69.88%", "85.00 ± 63.53%", "9.000 ± 0.000", "6.000",
                        "1/2", "2.0×", "2.0"]
+    assert (tbl._pm_time(5.2, 3.1), tbl._pm_time(300, 60), tbl._pm_time(9000, None), tbl._pm_time(None, None)) == \
+        ("5 ± 3 s", "5.0 ± 1.0 min", "2.5 h", "—")
     md = tbl.markdown(rows, [])
     assert "| half | fp16 / fp32 | 2 | 80.50 ± 69.88% |" in md
 

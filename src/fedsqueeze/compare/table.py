@@ -242,10 +242,12 @@ def _mb_as(v: float, ref: float) -> str:
     return f"{v:,.1f}" if ref >= 10 else f"{v:.3f}"
 
 
-def _time_as(v: float, ref: float) -> str:
-    if ref < 120:
-        return f"{v:.0f} s"
-    return f"{v / 60:.1f} min" if ref < 7200 else f"{v / 3600:.1f} h"
+def _pm_time(m: Any, h: Any) -> str:
+    """``mean ± half-width unit``, the unit (s, min, h) chosen by the mean."""
+    if m is None:
+        return "—"
+    div, unit, digits = (1, "s", 0) if m < 120 else ((60, "min", 1) if m < 7200 else (3600, "h", 1))
+    return f"{m / div:.{digits}f} {unit}" if h is None else f"{m / div:.{digits}f} ± {h / div:.{digits}f} {unit}"
 
 
 def seed_display_rows(table: list[dict[str, Any]],
@@ -264,7 +266,7 @@ def seed_display_rows(table: list[dict[str, Any]],
         body.append([r["run"], codecs, str(r["n_seeds"]), pm("final_acc", _pct_num, "%"), pm("personal_acc", _pct_num, "%"),
                      pm("mb_total", _mb_as), pm("mb_to_target", _mb_as), f"{r['reached_target']}/{r['n_seeds']}",
                      pm("x_fewer_bytes", _num, "×"), pm("rounds_to_target", _num)]
-                    + [pm(f"sim_s_to_target[{p.name}]", _time_as) for p in networks])
+                    + [_pm_time(r[f"sim_s_to_target[{p.name}]_mean"], r[f"sim_s_to_target[{p.name}]_ci95"]) for p in networks])
     return head, body
 
 
