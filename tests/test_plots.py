@@ -126,3 +126,17 @@ def test_suite_plot_bands_and_legend(tmp_path, monkeypatch):
     band = ax.collections[0].get_paths()[0].vertices
     assert band[:, 1].min() == pytest.approx(50) and band[:, 1].max() == pytest.approx(90)
     plt.close("all")
+
+
+def test_run_plot_reads_config_toml_and_falls_back_to_folder(tmp_path, monkeypatch):
+    from fedsqueeze.metrics import plots
+
+    toml_run = _fake_run(tmp_path / "old", 0)
+    (toml_run / "config.json").unlink()            # result folders copied with config.toml only
+    (toml_run / "config.toml").write_text('name = "x"\n[algorithm]\nname = "scaffold"\n[codec]\nup = "fp16"\n')
+    bare = _fake_run(tmp_path / "bare", 0)
+    (bare / "config.json").unlink()
+    figs = _capture(monkeypatch, plots)
+    plots.plot_runs([toml_run, bare], tmp_path / "p.png")
+    assert [t.get_text() for t in figs[0].legends[0].get_texts()] == ["scaffold · up fp16 · down fp32", "bare"]
+    plt.close("all")

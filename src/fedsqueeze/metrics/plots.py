@@ -19,8 +19,17 @@ _YLABEL = {"global_acc": "global test accuracy (%)", "personal_acc": "personal a
 
 
 def _config(run_dir: Path) -> dict | None:
+    """The run's saved config: config.json, else config.toml (folders copied without the JSON), else None."""
     path = run_dir / "config.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if path.exists():
+        return json.loads(path.read_text())
+    if (run_dir / "config.toml").exists():
+        import tomllib
+        try:
+            return tomllib.loads((run_dir / "config.toml").read_text())
+        except tomllib.TOMLDecodeError:
+            return None
+    return None
 
 
 def labels(configs: list[dict | None], names: list[str]) -> list[str]:
