@@ -267,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs/compare", help="where run folders and results go (default runs/compare)")
     c.add_argument("--workers", type=int, help="client worker processes per run (0 = in process)")
     c.add_argument("--device", help="where clients train and models are evaluated: auto (CUDA if available), cpu, cuda, cuda:N, mps" + " for every run (a finished run counts as done on any device)")
-    c.add_argument("--only", action="append", metavar="RUN", help="run only this suite entry (repeatable)")
-    c.add_argument("--rerun", action="append", metavar="RUN", help="discard and redo this entry (repeatable)")
+    c.add_argument("--only", action="append", metavar="RUN", help="run only this suite entry, or ENTRY/seedN with --seeds (repeatable)")
+    c.add_argument("--rerun", action="append", metavar="RUN", help="discard and redo this entry (all its seeds), or ENTRY/seedN (repeatable)")
     c.add_argument("--report-only", action="store_true", help="no runs: table and plots from finished runs")
     c.add_argument("--seeds", metavar="LIST", help="run every entry once per seed, e.g. 0,1,2 (folders RUN/seedN; "
                                                     "overrides the suite's seeds = [...]); tables show mean ± 95%% "
