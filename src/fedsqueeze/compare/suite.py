@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsqueeze.compare.network import NetworkProfile, parse_profiles
-from fedsqueeze.config import Config, check_name, from_dict
+from fedsqueeze.config import NAME_MAX, Config, check_name, from_dict
 from fedsqueeze.errors import ConfigError
 
 # keys that define the federation: runs may not change them
@@ -75,7 +75,8 @@ class Suite:
             for seed in self.seeds:
                 raw = r.config.to_dict()
                 raw["seed"] = seed
-                raw["name"] = f"{raw['name']}-seed{seed}"
+                if len(raw["name"]) + len(f"-seed{seed}") <= NAME_MAX:  # else the entry's name alone
+                    raw["name"] = f"{raw['name']}-seed{seed}"
                 key = f"{r.name}/seed{seed}"
                 out.append((key, RunSpec(r.name, from_dict(raw), r.label, r.budget_mb), key))
         return out
