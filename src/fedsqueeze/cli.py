@@ -149,6 +149,9 @@ def cmd_compare(args) -> int:
     if not console.is_terminal:  # a log file: room for the whole table
         console = Console(stderr=True, width=200)
     suite = load_suite(args.suite)
+    if args.seeds is not None:
+        from fedsqueeze.compare.suite import parse_seeds
+        suite = suite.with_seeds(parse_seeds(args.seeds, "--seeds"))
     if args.report_only:
         report(suite, Path(args.out) / suite.name, console=console)
         return 0
@@ -305,9 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs/compare", help="where run folders and results go (default runs/compare)")
     c.add_argument("--workers", type=int, help="client worker processes per run (0 = in process)")
     c.add_argument("--device", help="where clients train and models are evaluated: auto (CUDA if available), cpu, cuda, cuda:N, mps" + " for every run (a finished run counts as done on any device)")
-    c.add_argument("--only", action="append", metavar="RUN", help="run only this suite entry (repeatable)")
-    c.add_argument("--rerun", action="append", metavar="RUN", help="discard and redo this entry (repeatable)")
+    c.add_argument("--only", action="append", metavar="RUN", help="run only this suite entry, or ENTRY/seedN with --seeds (repeatable)")
+    c.add_argument("--rerun", action="append", metavar="RUN", help="discard and redo this entry (all its seeds), or ENTRY/seedN (repeatable)")
     c.add_argument("--report-only", action="store_true", help="no runs: table and plots from finished runs")
+    c.add_argument("--seeds", metavar="LIST", help="run every entry once per seed, e.g. 0,1,2 (folders RUN/seedN; "
+                                                    "overrides the suite's seeds = [...]); tables show mean ± 95%% "
+                                                    "t-interval, plots mean curves with min-max bands")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_compare)
 
