@@ -75,6 +75,7 @@ parameters.py) differs from the paper — we implement the paper:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -145,14 +146,18 @@ def energy_threshold(rnd: int, rounds: int, T_start: float, T_end: float) -> flo
 
 def mutual_losses(z_t: torch.Tensor, z_s: torch.Tensor, y: torch.Tensor, h_t: torch.Tensor | None = None,
                   h_s_proj: torch.Tensor | None = None, *, temperature: float = 1.0,
-                  detach_weight: bool = True) -> dict[str, torch.Tensor]:
+                  detach_weight: bool = True, task: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                  ) -> dict[str, torch.Tensor]:
     """FedKD's adaptive mutual distillation losses for one batch.
 
     ``z_t``/``z_s`` teacher/student logits, ``h_t`` teacher features, ``h_s_proj`` = W_h·H_s (both
     None: no hidden term). Returns ``teacher`` and ``student`` (each model's loss; the other model's
     side enters as a constant target), ``weight`` (w), ``task_t``, ``task_s``, ``kl_t``, ``kl_s``, ``mse``.
+    ``task``: the task loss (the run's ``train.loss`` via ``ClientContext.loss``; default cross-entropy, as in
+    the paper); the distillation terms stay as the paper defines them.
     """
-    task_t, task_s = F.cross_entropy(z_t, y), F.cross_entropy(z_s, y)
+    task = F.cross_entropy if task is None else task
+    task_t, task_s = task(z_t, y), task(z_s, y)
     w = 1.0 / (task_t + task_s).clamp_min(MIN_TASK_LOSS)
     if detach_weight:
         w = w.detach()
@@ -281,7 +286,7 @@ class FedKD(FedAvg):
             z_t, h_t = _logits_and_features(teacher, xb, hidden)
             z_s, h_s = _logits_and_features(student, xb, hidden)
             out = mutual_losses(z_t, z_s, yb, h_t, proj(h_s) if hidden else None,
-                                temperature=self.p.temperature, detach_weight=self.p.detach_weight)
+                                temperature=self.p.temperature, detach_weight=self.p.detach_weight, task=ctx.loss)
             for key in sums:
                 sums[key] += float(out[key].detach())
             return out["teacher"] + out["student"]
