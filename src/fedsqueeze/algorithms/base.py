@@ -84,6 +84,7 @@ class Setup:
     codec_up: Any = "fp32"
     codec_down: Any = "fp32"
     seed: int = 0
+    downlink: str = "broadcast"  # codec.downlink: "broadcast" (one payload for all) | "delta" (per client)
 
 
 class Algorithm(ABC):
