@@ -151,3 +151,15 @@ def test_wrapper_delegates(digits):
     assert isinstance(algo, StepVote) and algo.name == "fedavg"
     plain = build_algorithm(from_dict(digits_config()), (1, 8, 8), 10)
     assert not isinstance(plain, StepVote)
+
+
+def test_worker_pool_matches_in_process(tmp_path, digits):
+    """Clients in worker processes vote and encode exactly as in process (the wrapper is rebuilt there)."""
+    spec = "rdq(step='vote', lam=1e-5, candidates=[1e-3, 4e-3, 1.6e-2])"
+    cfg = digits_config(rounds=3, codec={"up": spec, "down": "fp32"}, eval={"every": 3, "personal_every": 0})
+    a = fedsqueeze.run(cfg, run_dir=tmp_path / "a", dataset=digits, plot=False)
+    b = fedsqueeze.run({**cfg, "engine": {"workers": 2}}, run_dir=tmp_path / "b", dataset=digits, plot=False)
+    assert a.ledger.to_state() == b.ledger.to_state()
+    assert [r["client_metrics"] for r in a.history] == [r["client_metrics"] for r in b.history]
+    with pytest.raises(ConfigError, match="vectorised"):
+        fedsqueeze.run({**cfg, "engine": {"vectorize": True}}, run_dir=tmp_path / "c", dataset=digits, plot=False)
