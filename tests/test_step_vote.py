@@ -151,6 +151,9 @@ def test_wrapper_delegates(digits):
     assert isinstance(algo, StepVote) and algo.name == "fedavg"
     plain = build_algorithm(from_dict(digits_config()), (1, 8, 8), 10)
     assert not isinstance(plain, StepVote)
+    pfa = build_algorithm(from_dict(digits_config(algorithm={"name": "perfedavg"}, codec={"up": SPEC, "down": "fp32"})),
+                          (1, 8, 8), 10)
+    assert isinstance(pfa, StepVote) and pfa.adapts and pfa.p.alpha == 0.01  # evaluation still adapts
 
 
 def test_worker_pool_matches_in_process(tmp_path, digits):

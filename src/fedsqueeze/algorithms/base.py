@@ -179,6 +179,13 @@ class Algorithm(ABC):
         """(model slot, weights) of a client's personalised model; default: the global model."""
         return self.global_model(state)
 
+    # personal models that are adapted to a client's data at evaluation time (Per-FedAvg's one step)
+    adapts: ClassVar[bool] = False
+
+    def adapt(self, model: nn.Module, data: Any) -> None:
+        """With ``adapts = True``: turn ``model`` (holding ``personal_model``'s weights) into the client's
+        personal model in place, given its ``ClientData``; the engine evaluates it right after."""
+
     def client_profile(self, client: int, client_state: dict | None) -> dict[str, Any]:
         """Facts about a client's personalised model for reports (``fedsqueeze personal``), e.g.
         ``{"group": "2-bit mlp", "model_bytes": 51234}``; default: none."""

@@ -62,6 +62,7 @@ class StepVote(Algorithm):
         self.inner, self.vote_codec = inner, codec
         self.p, self.setup = inner.p, inner.setup
         self.name, self.Params, self.communicates = inner.name, inner.Params, inner.communicates
+        self.adapts = inner.adapts
         self.candidates: tuple[float, ...] = codec.candidates
         self._client_step = codec.fixed_step  # the step this process encodes with (set per client)
 
@@ -95,6 +96,9 @@ class StepVote(Algorithm):
 
     def client_profile(self, client: int, client_state: dict | None):
         return self.inner.client_profile(client, client_state)
+
+    def adapt(self, model, data) -> None:
+        self.inner.adapt(model, data)
 
     # ---- the protocol ------------------------------------------------------------------------------
     def init_server(self, model) -> dict:
