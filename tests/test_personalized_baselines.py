@@ -97,7 +97,7 @@ def test_perfedavg_hf_step_by_hand():
     ∂f/∂b = ±(−σ(±δ)...) gives d_b = (σ(δ) − σ(−δ))/(2δ)·(−1, 1), d_W = d_b ⊗ e_1; w_1 = −β(g − α·d)."""
     beta, delta = 0.2, 0.5
     algo = PerFedAvg(PerFedAvgParams(alpha=ALPHA, variant="hf", delta=delta), _setup())
-    reply = algo.client_update(_ctx(lr=beta, local_steps=3), {"model": ZERO}, None)  # 3 batches: one HF step
+    reply = algo.client_update(_ctx(lr=beta, local_steps=1), {"model": ZERO}, None)  # one HF step: 3 batches
     s = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
     d = (s(delta) - s(-delta)) / (2 * delta)
     g_b = torch.tensor([-0.25, 0.25])

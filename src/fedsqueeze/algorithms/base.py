@@ -85,6 +85,7 @@ class Setup:
     codec_down: Any = "fp32"
     seed: int = 0
     downlink: str = "broadcast"  # codec.downlink: "broadcast" (one payload for all) | "delta" (per client)
+    loss: str = "cross_entropy"  # train.loss: the task loss (clients get it as ``ClientContext.loss``)
 
 
 class Algorithm(ABC):

@@ -13,8 +13,9 @@ each local step t = 1..τ, with independent mini-batches D, D' (and D'' for ``va
   product ∇²f̃_i(w; D'')·g replaced by d = [∇f̃_i(w + δg; D'') − ∇f̃_i(w − δg; D'')] / (2δ)
   (``delta`` = δ)
 
-β = ``train.lr``. The local steps consume the client's batches of ``[train]`` in order, two (FO) or
-three (HF) per step, so one epoch of n samples at batch size B is ⌊n/(2B)⌋ or ⌊n/(3B)⌋ steps. Plain
+β = ``train.lr``. Each step consumes the next two (FO) or three (HF) of the client's batches of
+``[train]``: ``train.local_steps`` = τ counts Per-FedAvg steps (2τ or 3τ batches), while with
+``local_epochs`` one epoch of n samples at batch size B is ⌊n/(2B)⌋ or ⌊n/(3B)⌋ steps. Plain
 gradient steps: ``train.optimizer``, momentum and weight decay are not used. Up: the update
 Δ_i = w_τ − w (kind ``update``). Server: w ← w + mean_i Δ_i = the mean of the client models
 (``weighting = "uniform"``, the paper's 1/(rn); ``"samples"`` weights by n_i).
@@ -32,7 +33,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedsqueeze.algorithms.base import ClientContext, Messages, Reply, add, float_state, load_float_state, sub
@@ -40,10 +40,6 @@ from fedsqueeze.algorithms.base import weighted_mean
 from fedsqueeze.algorithms.context import ClientData
 from fedsqueeze.algorithms.fedavg import FedAvg
 from fedsqueeze.errors import ConfigError
-
-
-def _task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y)  # the one place the task loss is chosen
 
 
 @dataclass(frozen=True)
@@ -68,12 +64,12 @@ def _number(v) -> bool:
 
 
 def _grad(model: nn.Module, params: list[nn.Parameter], at: list[torch.Tensor], xb: torch.Tensor,
-          yb: torch.Tensor) -> tuple[list[torch.Tensor], float]:
+          yb: torch.Tensor, loss_fn) -> tuple[list[torch.Tensor], float]:
     """∇f̃(at; batch) and the loss there (the model's parameters are set to ``at``)."""
     with torch.no_grad():
         for p, v in zip(params, at):
             p.copy_(v)
-    loss = _task_loss(model(xb), yb)
+    loss = loss_fn(model(xb), yb)
     return list(torch.autograd.grad(loss, params)), float(loss.detach())
 
 
@@ -94,19 +90,21 @@ class PerFedAvg(FedAvg):
         w = [p.detach().clone() for p in params]
         a, b, per_step = self.p.alpha, ctx.train.lr, 3 if self.p.variant == "hf" else 2
         group, total, steps = [], 0.0, 0
-        for batch in ctx.batches():
+        # local_steps counts Per-FedAvg updates, each of which draws per_step independent batches
+        steps_cfg = ctx.train.local_steps
+        for batch in ctx.batches(steps=steps_cfg * per_step if steps_cfg > 0 else None):
             group.append(batch)
             if len(group) < per_step:
                 continue
             (x1, y1), (x2, y2), *hess = group
             group = []
-            g1, loss = _grad(model, params, w, x1, y1)
+            g1, loss = _grad(model, params, w, x1, y1, ctx.loss)
             w_tilde = [v - a * g for v, g in zip(w, g1)]
-            g, _ = _grad(model, params, w_tilde, x2, y2)
+            g, _ = _grad(model, params, w_tilde, x2, y2, ctx.loss)
             if hess:
                 (x3, y3), dl = hess[0], self.p.delta
-                plus, _ = _grad(model, params, [v + dl * gi for v, gi in zip(w, g)], x3, y3)
-                minus, _ = _grad(model, params, [v - dl * gi for v, gi in zip(w, g)], x3, y3)
+                plus, _ = _grad(model, params, [v + dl * gi for v, gi in zip(w, g)], x3, y3, ctx.loss)
+                minus, _ = _grad(model, params, [v - dl * gi for v, gi in zip(w, g)], x3, y3, ctx.loss)
                 g = [gi - a * (p_ - m_) / (2 * dl) for gi, p_, m_ in zip(g, plus, minus)]
             w = [v - b * gi for v, gi in zip(w, g)]
             total += loss
@@ -128,7 +126,8 @@ class PerFedAvg(FedAvg):
             return
         model.eval()
         params = [p for p in model.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(_task_loss(model(data.x), data.y), params)
+        from fedsqueeze.metrics.losses import get_loss
+        grads = torch.autograd.grad(get_loss(self.setup.loss)(model(data.x), data.y), params)
         with torch.no_grad():
             for p, g in zip(params, grads):
                 p.sub_(self.p.alpha * g)

@@ -29,16 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from fedsqueeze.algorithms.base import ClientContext, Messages, Reply, add, float_state, load_float_state, sub
 from fedsqueeze.algorithms.base import weighted_mean
 from fedsqueeze.algorithms.fedavg import FedAvg
 from fedsqueeze.errors import ConfigError
-
-
-def _task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y)  # the one place the task loss is chosen
 
 
 @dataclass(frozen=True)
@@ -87,7 +82,7 @@ class PFedMe(FedAvg):
                 with torch.no_grad():
                     for p, t in zip(params, theta):
                         p.copy_(t)
-                loss = _task_loss(model(xb), yb)
+                loss = ctx.loss(model(xb), yb)
                 grads = torch.autograd.grad(loss, params)
                 theta = [t - rho * (g + lam * (t - wr)) for t, g, wr in zip(theta, grads, w)]
             total += float(loss.detach())
