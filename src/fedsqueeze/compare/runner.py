@@ -83,22 +83,27 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, devi
 
     say = console.print if console is not None else (lambda *a, **k: None)
     out_dir = Path(out) / suite.name
+    for name in (*rerun, *only):  # unknown names: a clear error before anything runs (or is created)
+        entry, _, seed = name.partition("/seed") if suite.seeds else (name, "", "")
+        suite.run(entry)
+        if seed and (not seed.isdigit() or int(seed) not in suite.seeds):
+            raise ConfigError(f"{name!r}: seed {seed!r} is not one of the suite's seeds "
+                              f"({', '.join(map(str, suite.seeds))}); name an entry or ENTRY/seedN")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (*rerun, *only):
-        suite.run(name)  # unknown names: a clear error before anything runs
-    chosen = [r for r in suite.runs if not only or r.name in only]
-    for i, spec in enumerate(chosen, 1):
-        run_dir = out_dir / spec.name
+    jobs = [j for j in suite.jobs() if not only or j[1].name in only or j[0] in only]
+    for i, (key, spec, folder) in enumerate(jobs, 1):
+        run_dir = out_dir / folder
         if not rundir.inside(run_dir, out_dir):  # names are checked by load_suite; belt and braces
-            raise ConfigError(f"suite run {spec.name!r} would live outside {out_dir}; rename it")
+            raise ConfigError(f"suite run {key!r} would live outside {out_dir}; rename it")
         cfg, note = plan(spec, workers, device)
         state = status(run_dir, cfg)
-        if state == "changed" and spec.name not in rerun:
-            raise ConfigError(f"{run_dir} was made with a different config than suite run {spec.name!r} now has; "
+        redo = spec.name in rerun or key in rerun
+        if state == "changed" and not redo:
+            raise ConfigError(f"{run_dir} was made with a different config than suite run {key!r} now has; "
                               f"pass --rerun {spec.name} to start it afresh (or delete the folder)")
-        if spec.name in rerun:  # replace the run's own files, inside its folder only (nothing is rmtree'd)
+        if redo:  # replace the run's own files, inside its folder only (nothing is rmtree'd)
             state = "fresh"
-        head = f"[{i}/{len(chosen)}] {spec.name}"
+        head = f"[{i}/{len(jobs)}] {key}"
         if state == "done":
             say(f"{head}: cached ({run_dir})")
             continue
@@ -120,17 +125,47 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, devi
     return report(suite, out_dir, console=console)
 
 
-def report(suite: Suite, out_dir: Path, *, console: Any = None) -> dict[str, Any]:
-    """Table (terminal, Markdown, CSV) and plots from the finished run folders."""
-    runs = {}
+def load_groups(suite: Suite, out_dir: Path) -> dict[str, dict[int, tbl.RunData]]:
+    """The finished runs of a suite with seeds: ``{entry: {seed: run}}`` (entries with none left out)."""
+    groups: dict[str, dict[int, tbl.RunData]] = {}
     for spec in suite.runs:
-        run_dir = out_dir / spec.name
-        if (run_dir / "ledger.csv").exists():
-            runs[spec.name] = tbl.load_run(run_dir, spec.name, label=spec.label, budget_mb=spec.budget_mb)
-    if not runs:
-        raise ConfigError(f"no finished runs in {out_dir}; run the suite first")
-    target = tbl.target_of(runs, suite.baselines, suite.target)
-    rows = tbl.rows(runs, baseline=suite.baseline, target=target, networks=suite.networks)
+        for seed in suite.seeds:
+            run_dir = out_dir / spec.name / f"seed{seed}"
+            if (run_dir / "ledger.csv").exists():
+                groups.setdefault(spec.name, {})[seed] = tbl.load_run(run_dir, f"{spec.name}/seed{seed}",
+                                                                      label=spec.label, budget_mb=spec.budget_mb)
+    return groups
+
+
+def report(suite: Suite, out_dir: Path, *, console: Any = None) -> dict[str, Any]:
+    """Table (terminal, Markdown, CSV) and plots from the finished run folders. With seeds: one row per
+    entry with mean ± 95% t-interval over its seeds (comparison.csv), the per-seed rows in
+    comparison_seeds.csv, and plots of the mean curve with a min–max band."""
+    runs: dict[str, Any] = {}
+    if suite.seeds:
+        groups = load_groups(suite, out_dir)
+        if not groups:
+            raise ConfigError(f"no finished runs in {out_dir} for seeds {', '.join(map(str, suite.seeds))}; "
+                              "run the suite first")
+        target = tbl.target_of_seeds(groups, suite.baselines, suite.target)
+        per_seed, rows = tbl.seed_rows(groups, baseline=suite.baseline, target=target, networks=suite.networks)
+        tbl.write_csv(per_seed, out_dir / "comparison_seeds.csv")
+        runs = {name: [g[s] for s in sorted(g)] for name, g in groups.items()}
+        seeds_text = (f"Seeds: {', '.join(map(str, suite.seeds))}. Each cell is the mean ± the half-width of the 95% "
+                      "Student-t interval over the entry's finished seeds (t(0.975, n−1)·s/√n; no ± with one seed); "
+                      "MB, rounds and time to target over the seeds that reached it (column *reached*); × fewer "
+                      "bytes is per seed against the baseline's run with the same seed. Per-seed rows: "
+                      "`comparison_seeds.csv`. Plots: the mean curve, the band from the lowest to the highest seed.\n")
+    else:
+        for spec in suite.runs:
+            run_dir = out_dir / spec.name
+            if (run_dir / "ledger.csv").exists():
+                runs[spec.name] = tbl.load_run(run_dir, spec.name, label=spec.label, budget_mb=spec.budget_mb)
+        if not runs:
+            raise ConfigError(f"no finished runs in {out_dir}; run the suite first")
+        target = tbl.target_of(runs, suite.baselines, suite.target)
+        rows = tbl.rows(runs, baseline=suite.baseline, target=target, networks=suite.networks)
+        seeds_text = ""
     title = f"{suite.name}: target {100 * target:.2f}% global accuracy; × fewer bytes vs {suite.baseline}"
     if console is not None:
         tbl.print_table(rows, suite.networks, console, title)
@@ -140,13 +175,16 @@ def report(suite: Suite, out_dir: Path, *, console: Any = None) -> dict[str, Any
           f"Command: `{meta['command']}`  \nDate: {meta['date']}  \nMachine: {meta['machine']}  \n"
           f"Versions: {meta['versions']}\n",
           f"Target: **{100 * target:.2f}%** global test accuracy "
-          f"({'given by the suite' if suite.target is not None else 'best final accuracy of ' + ', '.join(suite.baselines) + ' minus 1 point'}); "
+          f"({'given by the suite' if suite.target is not None else 'best final accuracy of ' + ', '.join(suite.baselines) + (' (mean over seeds)' if suite.seeds else '') + ' minus 1 point'}); "
           f"ratios against `{suite.baseline}`.\n",
+          seeds_text,
           "Networks: " + "; ".join(p.describe() for p in suite.networks) + "\n",
           tbl.markdown(rows, suite.networks)]
     (out_dir / "comparison.md").write_text("\n".join(x for x in md if x))
+    extra = {"seeds": suite.seeds} if suite.seeds else {}
     (out_dir / "suite.json").write_text(json.dumps({**meta, "target": target, "baseline": suite.baseline,
-                                                    "networks": [p.describe() for p in suite.networks]}, indent=1))
+                                                    "networks": [p.describe() for p in suite.networks], **extra},
+                                                   indent=1))
     try:
         from fedsqueeze.compare.plots import plot_suite
     except MissingExtraError as e:  # the table is written; only the pictures are missing
