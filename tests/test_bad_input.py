@@ -123,16 +123,16 @@ def test_an_unexpected_exception_is_one_internal_error_line_with_exit_1(monkeypa
 
 
 def test_a_long_name_is_printed_truncated_and_quickly(tmp_path, capsys):
-    """A 4,000-character model name passes the length cap, reaches the banner (truncated) and fails as unknown."""
+    """A 4,000-character data source passes the length cap, reaches the banner (truncated) and fails as unknown."""
     import time
 
     cfg = tmp_path / "c.toml"
     cfg.write_text(to_toml(BASE))
     start = time.perf_counter()
-    assert main(["run", str(cfg), "--quiet", "--out", str(tmp_path / "run"), "--set", "model.name=" + "m" * 4000]) == 2
+    assert main(["run", str(cfg), "--quiet", "--out", str(tmp_path / "run"), "--set", "data.source=" + "m" * 4000]) == 2
     assert time.perf_counter() - start < 10
     err = capsys.readouterr().err
-    assert "4,000 characters" in err and "unknown model" in err and not (tmp_path / "run").exists()
+    assert "4,000 characters" in err and "unknown dataset" in err and not (tmp_path / "run").exists()
 
 
 def test_the_fake_fashion_files_are_valid_so_each_corruption_is_the_cause(tmp_path):
