@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsqueeze.compare.network import NetworkProfile, parse_profiles
-from fedsqueeze.config import NAME_MAX, Config, check_name, from_dict, read_toml
+from fedsqueeze.config import NAME_MAX, SEED_MAX, Config, check_name, from_dict, read_toml
 from fedsqueeze.errors import ConfigError
 
 # keys that define the federation: runs may not change them
@@ -118,8 +118,8 @@ def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
             raise ConfigError(f"{where}: {value!r} is not a comma-separated list of integers; {fix}") from None
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{where} must be a non-empty list; {fix}")
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
-        raise ConfigError(f"{where}: {value!r} has an entry that is not an integer >= 0; {fix}")
+    if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= SEED_MAX for v in value):
+        raise ConfigError(f"{where}: {str(value)[:80]} has an entry that is not an integer in [0, 2**63 - 1]; {fix}")
     if len(set(value)) != len(value) or len(value) > SEEDS_MAX:
         raise ConfigError(f"{where}: seeds must be distinct and at most {SEEDS_MAX}; {fix}")
     return list(value)
