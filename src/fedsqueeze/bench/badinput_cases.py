@@ -403,7 +403,7 @@ MORE_CASES: list[Case] = [
          argv=(*_SUITE, "--seeds", "abc"), files=_suite('[[run]]\nname = "a"\n')),
     Case("compare --seeds repeated", "seeds must be distinct", "--seeds 0,1,2",
          argv=(*_SUITE, "--seeds", "1,1"), files=_suite('[[run]]\nname = "a"\n')),
-    Case("compare --seeds beyond 64 bits", "has an entry that is not an integer in [0, 2**63 - 1]", "--seeds 0,1,2",
+    Case("compare --seeds beyond 64 bits", "has an entry that is not an integer >= 0 (at most 2**63 - 1)", "--seeds 0,1,2",
          argv=(*_SUITE, "--seeds", str(2**70)), files=_suite('[[run]]\nname = "a"\n')),
     Case("suite seeds = 3", "suite key 'seeds' must be a non-empty list", "seeds = [0, 1, 2]",
          argv=_SUITE, files=_suite('seeds = 3\n[[run]]\nname = "a"\n')),

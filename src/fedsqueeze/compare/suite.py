@@ -119,7 +119,7 @@ def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{where} must be a non-empty list; {fix}")
     if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= SEED_MAX for v in value):
-        raise ConfigError(f"{where}: {str(value)[:80]} has an entry that is not an integer in [0, 2**63 - 1]; {fix}")
+        raise ConfigError(f"{where}: {str(value)[:80]} has an entry that is not an integer >= 0 (at most 2**63 - 1); {fix}")
     if len(set(value)) != len(value) or len(value) > SEEDS_MAX:
         raise ConfigError(f"{where}: seeds must be distinct and at most {SEEDS_MAX}; {fix}")
     return list(value)
