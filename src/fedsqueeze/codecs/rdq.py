@@ -60,6 +60,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
+from fedsqueeze.codecs import ctx as ctx_coder
 from fedsqueeze.codecs.base import Codec, host_tensors
 from fedsqueeze.codecs.bits import decode_records, encode_records
 from fedsqueeze.codecs.entropy import decode_symbols, encode_symbols
@@ -67,7 +68,7 @@ from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.wire.varint import Reader, encode_varint
 
 ROUNDINGS = ("deterministic", "stochastic", "dither")
-CODERS = ("gamma", "ans")
+CODERS = ("gamma", "ans", "ctx")
 QMAX = 1 << 20
 _F32 = struct.Struct("<f")
 _RECORD = ["gamma", 1, "gamma"]
@@ -156,9 +157,12 @@ class RDQ(Codec):
 
     # ---- codec hooks --------------------------------------------------------------------------------
     def encode_tensor(self, x: torch.Tensor, seed: int) -> bytes:
+        shape = tuple(x.shape)
         x = x.reshape(-1)
         unit = self._unit(x)
         q = self.quantize(x, unit, seed).numpy()
+        if self.coder == "ctx":
+            return _F32.pack(unit) + ctx_coder.encode(q, shape)
         return _F32.pack(unit) + (encode_symbols(q) if self.coder == "ans" else _gamma_encode(q))
 
     def decode_tensor(self, data: memoryview, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -168,7 +172,10 @@ class RDQ(Codec):
         if not 0 < unit < math.inf:
             raise PayloadError(f"rdq: step {unit} is not a positive finite number")
         rest = r.take(r.remaining())
-        q = decode_symbols(rest, numel) if self.coder == "ans" else _gamma_decode(rest, numel)
+        if self.coder == "ctx":
+            q = ctx_coder.decode(rest, tuple(shape), numel)
+        else:
+            q = decode_symbols(rest, numel) if self.coder == "ans" else _gamma_decode(rest, numel)
         return self.dequantize(torch.from_numpy(q), unit, seed).reshape(shape)
 
 
