@@ -57,7 +57,9 @@ from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.wire.varint import Reader, encode_varint, write_chunk
 
 CLASS_MAX = 2                    # class(q) = min(|q|, CLASS_MAX)
-PER_DIR = 2 * CLASS_MAX + 1      # context values per split direction
+ACTIVITY = (5, 20, 60)           # line-activity bucket edges: mean class x 100
+N_LINE = len(ACTIVITY) + 1
+PER_DIR = (2 * CLASS_MAX + 1) * N_LINE  # context values per split direction
 N_CTX = 1 + 2 * PER_DIR          # root, column-split contexts, row-split contexts
 ROOT = 16                        # matrices of at most this many elements are coded as the root
 SMALL = 256                      # up to here every mode is tried
@@ -86,28 +88,44 @@ def _plan(m: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray,
 
 
 def _contexts(a: np.ndarray, b_shape: tuple[int, int], direction: int) -> np.ndarray:
-    """Context of every element of B from its two neighbours in A (flat, uint8, in B's order)."""
+    """Context of every element of B (flat, uint8, in B's order) from what A already holds.
+
+    local = class(left/up neighbour) + class(right/down neighbour), 0 .. 2·CLASS_MAX;
+    line = the activity bucket of the element's whole line in A (its row for a column split, its
+    column for a row split: mean class, integer thresholds ``ACTIVITY``); context = local·4 + line.
+    """
     cls = np.abs(np.clip(a, -CLASS_MAX, CLASS_MAX)).astype(np.uint8)
+    axis = 1 - direction  # the line of B's element that A holds completely
+    total = cls.sum(axis=axis, dtype=np.int64) * 100
+    length = cls.shape[axis]
+    bucket = sum((total >= t * length).astype(np.uint8) for t in ACTIVITY)
     if direction == 0:
         nb = b_shape[1]
         left = cls[:, :nb]
         right = cls[:, 1:nb + 1]
         if right.shape[1] < nb:  # an even column count: the last B column has no right neighbour
             right = np.concatenate([right, left[:, -1:]], axis=1)
+        line = bucket[:, None]
     else:
         nb = b_shape[0]
         left = cls[:nb]
         right = cls[1:nb + 1]
         if right.shape[0] < nb:
             right = np.concatenate([right, left[-1:]], axis=0)
-    return (left + right).reshape(-1) + np.uint8(1 + direction * PER_DIR)
+        line = bucket[None, :]
+    ctx = (left + right) * np.uint8(N_LINE) + line
+    return ctx.reshape(-1) + np.uint8(1 + direction * PER_DIR)
 
 
 def _group(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(stable order grouping equal contexts, counts per context)."""
-    order = np.argsort(ctx, kind="stable")
-    counts = np.bincount(ctx, minlength=N_CTX)
+    order = np.argsort(ctx, kind="stable")  # a radix sort for uint8 keys: linear time
+    counts = _bincount(ctx, N_CTX)
     return order, counts
+
+
+def _bincount(v: np.ndarray, size: int) -> np.ndarray:
+    return np.bincount(v, minlength=size)
 
 
 # ---- mode selection ----------------------------------------------------------------------------------
@@ -188,13 +206,13 @@ def _encode_ctx(q: np.ndarray, shape: tuple[int, ...]) -> bytes:
     # pass 1: the coding order (root, then each level grouped by context) and the per-context counts
     pieces = [(0, root_i.reshape(-1), root_q.reshape(-1))]
     hist = np.zeros((N_CTX, alpha), dtype=np.int64)
-    hist[0] += np.bincount(root_i.reshape(-1), minlength=alpha)
+    hist[0] += _bincount(root_i.reshape(-1), alpha)
     for (a, b, direction), (_, bi, _) in zip(steps_q, steps_i):
         ctx = _contexts(a, b.shape, direction)
         order, counts = _group(ctx)
         sym = bi.reshape(-1)[order]
         vals = b.reshape(-1)[order]
-        hist += np.bincount(ctx.astype(np.int64) * alpha + bi.reshape(-1), minlength=N_CTX * alpha).reshape(N_CTX, alpha)
+        hist += _bincount(ctx.astype(np.int32) * np.int32(alpha) + bi.reshape(-1), N_CTX * alpha).reshape(N_CTX, alpha)
         start = 0
         for c in np.flatnonzero(counts):
             end = start + int(counts[c])
