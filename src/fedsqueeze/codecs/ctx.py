@@ -50,17 +50,16 @@ import constriction
 import numpy as np
 
 from fedsqueeze.codecs.bits import elias_gamma_decode, elias_gamma_encode
-from fedsqueeze.codecs.entropy import (
-    _I32, MAX_CORE, _alphabet, choose_shift, decode_symbols, encode_symbols, unzigzag, zigzag,
-)
+from fedsqueeze.codecs.entropy import _I32, MAX_CORE, choose_shift, decode_symbols, encode_symbols, unzigzag, zigzag
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.wire.varint import Reader, encode_varint, write_chunk
 
 CLASS_MAX = 2                    # class(q) = min(|q|, CLASS_MAX)
 ACTIVITY = (5, 20, 60)           # line-activity bucket edges: mean class x 100
 N_LINE = len(ACTIVITY) + 1
-PER_DIR = (2 * CLASS_MAX + 1) * N_LINE  # context values per split direction
+PER_DIR = (4 * CLASS_MAX + 1) * N_LINE  # context values per split direction
 N_CTX = 1 + 2 * PER_DIR          # root, column-split contexts, row-split contexts
+MASK_BYTES = (N_CTX + 7) // 8    # the used-context bitmap
 ROOT = 16                        # matrices of at most this many elements are coded as the root
 SMALL = 256                      # up to here every mode is tried
 MEDIUM = 1 << 16                 # up to here order-0 ANS is tried against ctx
@@ -94,6 +93,7 @@ def _contexts(a: np.ndarray, b_shape: tuple[int, int], direction: int) -> np.nda
     line = the activity bucket of the element's whole line in A (its row for a column split, its
     column for a row split: mean class, integer thresholds ``ACTIVITY``); context = local·4 + line.
     """
+    sgn = (np.clip(a, -CLASS_MAX, CLASS_MAX) + CLASS_MAX).astype(np.uint8)  # 0 .. 2·CLASS_MAX
     cls = np.abs(np.clip(a, -CLASS_MAX, CLASS_MAX)).astype(np.uint8)
     axis = 1 - direction  # the line of B's element that A holds completely
     total = cls.sum(axis=axis, dtype=np.int64) * 100
@@ -101,15 +101,15 @@ def _contexts(a: np.ndarray, b_shape: tuple[int, int], direction: int) -> np.nda
     bucket = sum((total >= t * length).astype(np.uint8) for t in ACTIVITY)
     if direction == 0:
         nb = b_shape[1]
-        left = cls[:, :nb]
-        right = cls[:, 1:nb + 1]
+        left = sgn[:, :nb]
+        right = sgn[:, 1:nb + 1]
         if right.shape[1] < nb:  # an even column count: the last B column has no right neighbour
             right = np.concatenate([right, left[:, -1:]], axis=1)
         line = bucket[:, None]
     else:
         nb = b_shape[0]
-        left = cls[:nb]
-        right = cls[1:nb + 1]
+        left = sgn[:nb]
+        right = sgn[1:nb + 1]
         if right.shape[0] < nb:
             right = np.concatenate([right, left[-1:]], axis=0)
         line = bucket[None, :]
@@ -148,6 +148,8 @@ def encode(q: np.ndarray, shape: tuple[int, ...]) -> bytes:
         options.append(bytes([3]) + encode_symbols(q))
     if n > SMALL:
         options.append(bytes([4]) + _encode_ctx(q, shape))
+        if n > MEDIUM and len(options[-1]) > n // 2:  # over 4 bits/symbol (wide or offset symbols)
+            options.append(bytes([3]) + encode_symbols(q))
     return min(options, key=len)
 
 
@@ -192,11 +194,36 @@ def mode_of(data: bytes | memoryview) -> str:
 
 # ---- mode 4: the context model -----------------------------------------------------------------------
 def _model(counts: np.ndarray):
+    if len(counts) == 1:  # constriction needs two entries; the second is never coded
+        counts = np.array([counts[0], 0])
     return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
 
 
+def _window(q: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """(lo, K, indices): the core alphabet lo .. lo+K-1 ⊆ [-m, m] and each symbol's index (K = escape).
+
+    m minimises the side information: about one bit per table entry in each of ~``N_CTX``/2 contexts
+    in use, plus 32 bits per escaped (raw) symbol, over m = 0 .. MAX_CORE/2 − 1."""
+    mag = np.abs(q.astype(np.int64))
+    half = MAX_CORE // 2
+    hist = np.bincount(np.minimum(mag, half), minlength=half + 1)
+    ms = np.arange(half)
+    above = q.size - np.cumsum(hist)[:half]                # symbols with |q| > m
+    lo_all, hi_all = int(q.min()), int(q.max())
+    width = np.minimum(hi_all, ms) - np.maximum(lo_all, -ms) + 1
+    cost = np.where(width > 0, (N_CTX // 2) * width + 32 * above, np.iinfo(np.int64).max)
+    m = int(ms[np.argmin(cost)])
+    lo, hi = max(lo_all, -m), min(hi_all, m)
+    if hi < lo:  # every symbol is far from 0 (not rdq's levels): a window at the minimum
+        lo = hi = lo_all
+    k = hi - lo + 1
+    index = q.astype(np.int64) - lo
+    index[(index < 0) | (index >= k)] = k
+    return lo, k, index.astype(np.int32)
+
+
 def _encode_ctx(q: np.ndarray, shape: tuple[int, ...]) -> bytes:
-    lo, k, _, index, _ = _alphabet(q)
+    lo, k, index = _window(q)
     alpha = k + 1  # core symbols and the escape (index k)
     rows, cols = as_matrix(q.size, shape)
     qm = q.reshape(rows, cols)
@@ -241,7 +268,7 @@ def _encode_ctx(q: np.ndarray, shape: tuple[int, ...]) -> bytes:
     esc = np.concatenate(escaped).astype("<i4") if escaped else np.zeros(0, dtype="<i4")
     out = bytearray()
     out += encode_varint(zigzag(lo)) + encode_varint(k - 1) + encode_varint(len(esc))
-    out += encode_varint(int(sum(1 << int(c) for c in used)))
+    out += int(sum(1 << int(c) for c in used)).to_bytes(MASK_BYTES, "little")
     out += bytes(shifts)
     write_chunk(out, elias_gamma_encode(np.concatenate(tables) + 1)[0])
     out += esc.tobytes()
@@ -254,7 +281,7 @@ def _decode_ctx(data: memoryview, shape: tuple[int, ...], n: int) -> np.ndarray:
     lo = unzigzag(r.varint())
     k = r.varint(limit=MAX_CORE - 1) + 1
     n_esc = r.varint(limit=n)
-    mask = r.varint(limit=(1 << N_CTX) - 1)
+    mask = int.from_bytes(r.take(MASK_BYTES), "little")
     if not _I32[0] <= lo <= _I32[1] - k + 1:
         raise PayloadError(f"core alphabet starting at {lo} leaves int32")
     used = [c for c in range(N_CTX) if mask >> c & 1]
