@@ -240,3 +240,36 @@ def test_golden_payload_still_decodes_and_encodes():
     assert golden_record(out) == expected["sha256"]
     assert payload_modes(payload) == expected["modes"] == ["ctx", "gamma", "raw", "-"]
     assert make_codec(GOLDEN_SPEC).encode(golden_input(), seed=2024) == payload  # same bytes today
+
+
+def _layered_update() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(4)
+    return {"conv": torch.randn(16, 8, 3, 3, generator=g) * 0.05,
+            "fc": torch.randn(64, 256, generator=g) * 0.002 * torch.rand(1, 256, generator=g),
+            "bias": torch.randn(64, generator=g) * 0.01}
+
+
+@pytest.mark.parametrize("coder", ["ans", "ctx"])
+def test_rd_allocation_saves_bits_at_equal_or_lower_distortion(coder):
+    x = _layered_update()
+    energy = sum(float(v.double().square().sum()) for v in x.values())
+    out = {}
+    for alloc in ("one", "rd"):
+        codec = make_codec(f"rdq(step=2.0, normalize=True, coder='{coder}', alloc='{alloc}')")
+        payload = codec.encode(x, seed=0)
+        y = decode_any(payload)
+        err = sum(float((y[k].double() - v.double()).square().sum()) for k, v in x.items())
+        out[alloc] = (len(payload), err / energy)
+    (b1, d1), (b2, d2) = out["one"], out["rd"]
+    assert d2 <= d1 * 1.02          # the target is the one-step distortion (estimated on the levels)
+    assert b2 < 0.8 * b1            # normalised steps waste bits on the low-energy layers
+
+
+def test_rd_allocation_with_a_budget_and_bad_value():
+    x = _layered_update()
+    codec = make_codec("rdq(step=1.0, normalize=True, coder='ctx', alloc='rd', target_bytes=1500)")
+    payload = codec.encode(x, seed=0)
+    assert len(payload) <= 1500 and decode_any(payload)["fc"].shape == (64, 256)
+    from fedsqueeze.errors import CodecError
+    with pytest.raises(CodecError, match="alloc must be one of one, rd"):
+        make_codec("rdq(alloc='greedy')")

@@ -65,10 +65,12 @@ from fedsqueeze.codecs.base import Codec, host_tensors
 from fedsqueeze.codecs.bits import decode_records, encode_records
 from fedsqueeze.codecs.entropy import decode_symbols, encode_symbols
 from fedsqueeze.errors import CodecError, PayloadError
-from fedsqueeze.wire.varint import Reader, encode_varint
+from fedsqueeze.seeding import derive_seed
+from fedsqueeze.wire.varint import Reader, encode_varint, write_chunk
 
 ROUNDINGS = ("deterministic", "stochastic", "dither")
 CODERS = ("gamma", "ans", "ctx")
+ALLOCS = ("one", "rd")
 QMAX = 1 << 20
 _F32 = struct.Struct("<f")
 _RECORD = ["gamma", 1, "gamma"]
@@ -86,6 +88,7 @@ class RDQ(Codec):
     normalize: bool = False
     dead_zone: float = 0.0
     target_bytes: int = 0
+    alloc: str = "one"
 
     @property
     def unbiased(self) -> bool:  # type: ignore[override]
@@ -108,6 +111,8 @@ class RDQ(Codec):
             raise CodecError("rdq: dead_zone needs rounding='deterministic' (it would bias the others)")
         if isinstance(self.target_bytes, bool) or not isinstance(self.target_bytes, int) or self.target_bytes < 0:
             raise CodecError(f"rdq: target_bytes must be an integer >= 0 (0 = off), got {self.target_bytes!r}")
+        if self.alloc not in ALLOCS:
+            raise CodecError(f"rdq: alloc must be one of {', '.join(ALLOCS)}, got {self.alloc!r}")
 
     # ---- budget mode ----------------------------------------------------------------------------
     def encode(self, tensors: Mapping[str, torch.Tensor], *, seed: int = 0) -> bytes:
@@ -156,10 +161,27 @@ class RDQ(Codec):
         return y.mul_(unit)
 
     # ---- codec hooks --------------------------------------------------------------------------------
-    def encode_tensor(self, x: torch.Tensor, seed: int) -> bytes:
+    def encode_body(self, values: list[torch.Tensor], specs, seed: int) -> bytes:
+        if self.alloc != "rd":
+            return super().encode_body(values, specs, seed)
+        from fedsqueeze.codecs.rdq_alloc import rd_units
+
+        units = rd_units(self, values, seed)  # per float tensor: the step at the common R–D slope
+        out = bytearray()
+        for i, (spec, x) in enumerate(zip(specs, values)):
+            if not spec.numel:
+                chunk = b""
+            elif not x.is_floating_point():
+                chunk = x.numpy().tobytes()
+            else:
+                chunk = self.encode_tensor(x, derive_seed(seed, i), unit=units[i])
+            write_chunk(out, chunk)
+        return bytes(out)
+
+    def encode_tensor(self, x: torch.Tensor, seed: int, unit: float | None = None) -> bytes:
         shape = tuple(x.shape)
         x = x.reshape(-1)
-        unit = self._unit(x)
+        unit = self._unit(x) if unit is None else unit
         q = self.quantize(x, unit, seed).numpy()
         if self.coder == "ctx":
             return _F32.pack(unit) + ctx_coder.encode(q, shape)
