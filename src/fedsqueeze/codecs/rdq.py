@@ -90,6 +90,14 @@ class RDQ(Codec):
     target_bytes: int = 0
     alloc: str = "one"
 
+    def get_config(self) -> dict:
+        """The config in the payload header; ``alloc`` only when not "one", so payloads of the
+        configurations that existed before it keep their exact bytes."""
+        config = super().get_config()
+        if config.get("alloc") == "one":
+            del config["alloc"]
+        return config
+
     @property
     def unbiased(self) -> bool:  # type: ignore[override]
         return self.rounding in ("stochastic", "dither")
