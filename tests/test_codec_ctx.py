@@ -273,3 +273,34 @@ def test_rd_allocation_with_a_budget_and_bad_value():
     from fedsqueeze.errors import CodecError
     with pytest.raises(CodecError, match="alloc must be one of one, rd"):
         make_codec("rdq(alloc='greedy')")
+
+
+def _mlp_update(structured: bool) -> dict[str, torch.Tensor]:
+    """The 2NN MLP's update shapes (784-200-200-10): i.i.d. Laplace values, or rows with a sign and
+    columns with a scale (like a real update)."""
+    g = torch.Generator().manual_seed(0)
+
+    def lap(*shape, scale):
+        u = torch.rand(*shape, generator=g, dtype=torch.float64) - 0.5
+        x = (-scale * torch.sign(u) * torch.log1p(-2 * u.abs())).float()
+        if structured and len(shape) == 2:
+            x = x.abs() * torch.sign(torch.randn(shape[0], 1, generator=g)) * torch.rand(1, shape[1], generator=g)
+        return x
+    return {"encoder.1.weight": lap(200, 784, scale=1e-3), "encoder.1.bias": lap(200, scale=3e-3),
+            "encoder.3.weight": lap(200, 200, scale=2e-3), "encoder.3.bias": lap(200, scale=3e-3),
+            "head.weight": lap(10, 200, scale=5e-3), "head.bias": lap(10, scale=5e-3)}
+
+
+def test_side_information_stays_near_h0_on_a_whole_update():
+    from fedsqueeze.bench.entropy_stage import measure
+
+    iid = measure([_mlp_update(False)], [f"rdq(step={s}, coder='{c}')" for s in (1e-3, 3e-3) for c in ("ans", "ctx")])
+    (a1, c1, a3, c3) = iid
+    assert [round(r["entropy_bits"] / r["symbols"], 2) for r in iid] == [2.70, 2.70, 1.26, 1.26]
+    for ans, ctxr in ((a1, c1), (a3, c3)):
+        assert ctxr["payload_bits"] <= ans["payload_bits"]   # no context to use: ctx falls back, never worse
+        assert ctxr["body_pct"] < 0.5                        # bodies (steps, tags, tables) within 0.5% of H0
+    structured = measure([_mlp_update(True)], ["rdq(step=1e-3, coder='ctx')", "rdq(step=2e-3, coder='ctx')"])
+    for r in structured:
+        assert 0.3 < r["entropy_bits"] / r["symbols"] < 2.5
+        assert r["payload_pct"] < -5                         # the whole payload, header included, below H0

@@ -160,8 +160,10 @@ def encode(q: np.ndarray, shape: tuple[int, ...]) -> bytes:
     if n <= MEDIUM:
         options.append(bytes([3]) + encode_symbols(q))
     if n > SMALL:
-        options.append(bytes([4]) + _encode_ctx(q, shape))
-        if n > MEDIUM and len(options[-1]) > n // 2:  # over 4 bits/symbol (wide or offset symbols)
+        body = _encode_ctx(q, shape, give_up=n > MEDIUM)
+        if body:
+            options.append(bytes([4]) + body)
+        if n > MEDIUM and (not body or len(body) > n // 2):  # no gain expected, or over 4 bits/symbol
             options.append(bytes([3]) + encode_symbols(q))
     return min(options, key=len)
 
@@ -235,7 +237,17 @@ def _window(q: np.ndarray) -> tuple[int, int, np.ndarray]:
     return lo, k, index.astype(np.int32)
 
 
-def _encode_ctx(q: np.ndarray, shape: tuple[int, ...]) -> bytes:
+def _entropy_of_rows(hist: np.ndarray) -> float:
+    """Σ over rows of count·entropy of the row (bits): the ideal static code of each row's symbols."""
+    h = hist.astype(np.float64)
+    tot = h.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(-np.nansum(np.where(h > 0, h * np.log2(h / tot), 0.0)))
+
+
+def _encode_ctx(q: np.ndarray, shape: tuple[int, ...], give_up: bool = False) -> bytes:
+    """Mode 4's bytes; with ``give_up``, b"" when the context model is not expected to beat order-0
+    ANS (the ideal code lengths of both, tables included, from the counts already made)."""
     lo, k, index = _window(q)
     alpha = k + 1  # core symbols and the escape (index k)
     rows, cols = as_matrix(q.size, shape)
@@ -269,6 +281,11 @@ def _encode_ctx(q: np.ndarray, shape: tuple[int, ...]) -> bytes:
         shifts.append(shift)
         tables.append(quant)
         models[int(c)] = _model(quant)
+    if give_up:
+        table_bits = len(elias_gamma_encode(np.concatenate(tables) + 1)[0]) * 8 + 8 * len(used)
+        order0 = hist.sum(axis=0, keepdims=True)
+        if _entropy_of_rows(hist) + table_bits >= _entropy_of_rows(order0) + 2 * width:
+            return b""
     # pass 2: the range coder over the pieces in order; escapes collected in the same order
     enc = constriction.stream.queue.RangeEncoder()
     escaped = []
