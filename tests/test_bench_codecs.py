@@ -87,3 +87,19 @@ def test_both_limits_and_symbol_entropies(tmp_path):
     assert math.isnan(half["h0"]) and math.isnan(half["h1"])
     with open(tmp_path / "codecs_lim.csv") as f:
         assert list(csv.DictReader(f))[0].keys() >= {"ba_nmse_rate", "rate_over_ba_nmse", "h0", "h1"}
+
+
+def test_speed_bench_command(capsys):
+    from fedsqueeze.bench.codec_speed import measure, update_like
+    from fedsqueeze.cli import main
+
+    w = update_like(8000)
+    assert w.shape == (2, 4000) and abs(float(w.double().square().mean().sqrt()) - 0.01) < 1e-6
+    rows = measure(8000, repeats=1, specs=["rdq(step=1.0, normalize=True, coder='ans')",
+                                           "rdq(step=1.0, normalize=True, coder='ctx')"])
+    assert [r["params"] for r in rows] == [8000, 8000]
+    assert rows[1]["bits_per_param"] < rows[0]["bits_per_param"]  # rows share a sign: contexts pay
+    assert all(r["encode_MBps"] > 0 and r["decode_MBps"] > 0 for r in rows)
+    assert main(["bench", "codecs", "--speed", "--speed-params", "8000", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "coder='ctx'" in out and "load average" in out
