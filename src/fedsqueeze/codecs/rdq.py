@@ -29,6 +29,9 @@ Bytes per tensor (inside the base class's length-prefixed chunk)::
         (trailing zeros are implied by the tensor's shape)
     coder = "ans" (the near-optimal variant): ``fedsqueeze.codecs.entropy`` of all q (a compact
         count table, then an ANS stream)
+    coder = "ctx" (ours): ``fedsqueeze.codecs.ctx`` of q with the tensor's shape: a mode byte, then
+        the cheapest of constant / raw varints / γ / order-0 ANS / a context model (neighbours'
+        signed classes and their row's activity, range-coded): below the i.i.d. limit on real updates
 
 Bias: deterministic rounding is biased, |Δ̂ − Δ| ≤ u/2 per coordinate (≤ (½ + θ)·u with a dead zone);
 stochastic rounding and subtractive dither are unbiased (the ``unbiased`` property says so). Dither makes the error Uniform[−u/2, u/2] and independent of Δ.
@@ -38,6 +41,10 @@ parameter, R = 8·len(payload)/d bits per parameter, the real bytes of this code
 takes the server's majority. The paper finds the frontier stable across clients and rounds, so a
 fixed offline step is near-optimal. Default ``step=1e-3`` suits FedAvg updates of small CNNs (update
 RMS ~1e-3 to 1e-2: a few bits per parameter); tune it with the vote or ``fedsqueeze bench codecs``.
+
+Allocation (ours): ``alloc = "rd"`` picks each tensor's step at one common R–D slope for the
+distortion of the one-step setting (``fedsqueeze.codecs.rdq_alloc``); the steps travel as always, so
+decoding does not change. ``alloc = "one"`` (default) is not written into the header's config.
 
 Budget mode (ours): ``target_bytes = N`` makes every payload the finest-step one that fits in N bytes
 (``fit_to_bytes``: a first guess from the high-rate relation R ≈ h − log2 u, then bracketing and
