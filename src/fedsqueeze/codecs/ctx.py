@@ -268,15 +268,16 @@ def _encode_ctx(q: np.ndarray, shape: tuple[int, ...], give_up: bool = False) ->
     pieces = [(0, root_i.reshape(-1), root_q.reshape(-1))]
     hist = np.zeros((N_CTX, alpha), dtype=np.int64)
     hist[0] += _bincount(root_i.reshape(-1), alpha)
+    escapes = lo > int(q.min()) or lo + k - 1 < int(q.max())
     for (a, b, direction), (_, bi, _) in zip(steps_q, steps_i):
         ctx = _contexts(a, b.shape, direction)
         order, counts = _group(ctx)
         sym = bi.reshape(-1)[order]
-        vals = b.reshape(-1)[order]
-        hist += _bincount(ctx.astype(np.int32) * np.int32(alpha) + bi.reshape(-1), N_CTX * alpha).reshape(N_CTX, alpha)
+        vals = b.reshape(-1)[order] if escapes else sym  # the raw values only matter for escapes
         start = 0
         for c in np.flatnonzero(counts):
             end = start + int(counts[c])
+            hist[c] += _bincount(sym[start:end], alpha)
             pieces.append((int(c), sym[start:end], vals[start:end]))
             start = end
     has_esc = bool(hist[:, k].any())
