@@ -18,8 +18,9 @@ B = odd columns (rows); A is coded first (recursively), then every element of B 
             for a row split): mean min(|q|, 2) against ``ACTIVITY`` (integer arithmetic), 0 .. 3
     ctx   = local·4 + line
 
-separately for column and row splits (2 × 36 contexts), plus one for the last ≤ 16 symbols (the
-root). Signed neighbours matter: on captured MLP updates they take ctx from ~0.95 to ~0.85 of the
+separately for column and row splits and for the finest level of each versus the coarser ones
+(2 × 2 × 36 contexts; a neighbour at distance 1 says more than one at distance 2^k), plus one for
+the last ≤ 16 symbols (the root). Signed neighbours matter: on captured MLP updates they take ctx from ~0.95 to ~0.85 of the
 i.i.d. limit. The decoder knows A before B, so it computes every context of a level at once: the
 coder is vectorised per level (numpy passes and one range-coder call per context and level, about
 36·log2(numel) calls at most), with no per-symbol Python.
@@ -80,7 +81,9 @@ def as_matrix(n: int, shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def _plan(m: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, int]]]:
-    """(root view, [(A, B, direction)] coarsest first): the pyramid of even/odd splits of matrix view m."""
+    """(root view, [(A, B, group)] coarsest first): the pyramid of even/odd splits of matrix view m;
+    group = direction (0: columns split, 1: rows) · N_RANK + level rank (0: the finest split of that
+    direction, 1: coarser)."""
     steps = []
     while m.size > ROOT:
         r, c = m.shape
@@ -92,7 +95,7 @@ def _plan(m: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray,
         m = a
     seen = [0, 0]
     out = []
-    for a, b, direction in steps:  # finest first: the level rank (0, 1, 2 = coarser) per direction
+    for a, b, direction in steps:  # finest first: the level rank per direction
         out.append((a, b, direction * N_RANK + min(seen[direction], N_RANK - 1)))
         seen[direction] += 1
     return m, out[::-1]
@@ -193,6 +196,8 @@ def decode(data: bytes | memoryview, shape: tuple[int, ...], n: int) -> np.ndarr
             raise PayloadError(f"constant symbol {value} outside int32")
         return np.full(n, value, dtype=np.int32)
     if mode == 1:
+        if n > SMALL:
+            raise PayloadError(f"raw ctx mode for {n} symbols (an encoder sends at most {SMALL} raw)")
         out = np.empty(n, dtype=np.int64)
         for i in range(n):  # at most SMALL values (an encoder never sends more raw)
             out[i] = unzigzag(r.varint(limit=(1 << 32) - 1))
