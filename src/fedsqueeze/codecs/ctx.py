@@ -274,8 +274,8 @@ def _encode_ctx(q: np.ndarray, shape: tuple[int, ...], give_up: bool = False) ->
     hist = np.zeros((N_CTX, alpha), dtype=np.int64)
     hist[0] += _bincount(root_i.reshape(-1), alpha)
     escapes = lo > int(q.min()) or lo + k - 1 < int(q.max())
-    for (a, b, direction), (_, bi, _) in zip(steps_q, steps_i):
-        ctx = _contexts(a, b.shape, direction)
+    for (a, b, group), (_, bi, _) in zip(steps_q, steps_i):
+        ctx = _contexts(a, b.shape, group)
         order, counts = _group(ctx)
         sym = bi.reshape(-1)[order]
         vals = b.reshape(-1)[order] if escapes else sym  # the raw values only matter for escapes
@@ -373,8 +373,8 @@ def _decode_ctx(data: memoryview, shape: tuple[int, ...], n: int) -> np.ndarray:
     out = np.empty((rows, cols), dtype=np.int32)
     root, steps = _plan(out)
     root[...] = piece(0, root.size).reshape(root.shape)
-    for a, b, direction in steps:
-        ctx = _contexts(a, b.shape, direction)
+    for a, b, group in steps:
+        ctx = _contexts(a, b.shape, group)
         order, counts = _group(ctx)
         vals = np.empty(ctx.size, dtype=np.int32)
         start = 0
