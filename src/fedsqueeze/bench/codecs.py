@@ -60,6 +60,7 @@ DEFAULT_SWEEP: dict[str, list[str]] = {
     "bf16": ["bf16"],
     "rdq": [f"rdq(step={s}, normalize=True, coder='ans')" for s in (0.5, 1.0, 2.0, 4.0, 8.0)]
     + [f"rdq(step={s}, normalize=True, coder='ctx', dead_zone=0.1)" for s in (0.5, 1.0, 2.0, 4.0)]
+    + [f"rdq(step={s}, normalize=True, coder='ctx', dead_zone=0.1, alloc='rd')" for s in (1.0, 2.0, 4.0)]
     + ["rdq(step=2.0, normalize=True, coder='ans', dead_zone=0.25)",
        "rdq(step=2.0, normalize=True, coder='ans', rounding='dither')",
        "rdq(step=2.0, normalize=True)"],
@@ -83,7 +84,9 @@ def default_settings(updates: Sequence[Update] | None = None) -> dict[str, list[
 
     Given the updates, ``rdq`` also sweeps absolute step sizes (multiples of the first update's
     RMS, with and without a dead zone): one step for every layer gives every layer the same MSE,
-    which is the optimal (reverse water-filling) allocation at high rate — the paper's setting."""
+    which is the optimal (reverse water-filling) allocation at high rate — the paper's setting.
+    The three allocations side by side: one absolute step, normalised steps (equal NMSE per layer)
+    and ``alloc='rd'`` (steps at one R–D slope)."""
     out = {cid: list(DEFAULT_SWEEP.get(cid, [cid])) for cid in CODECS.names()}
     out["pipeline"] = [p for cid, specs in PIPELINES.items() if cid in CODECS for p in specs]
     if updates and "rdq" in out:
