@@ -30,7 +30,8 @@ def update_like(params: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     cols = 4000 if params >= 4000 else params
     rows = max(params // cols, 1)
-    w = torch.randn(rows, 1, generator=g) * torch.rand(1, cols, generator=g) * (1 + torch.randn(rows, cols, generator=g))
+    noise = 1 + torch.randn(rows, cols, generator=g)
+    w = torch.randn(rows, 1, generator=g) * torch.rand(1, cols, generator=g) * noise
     return w * (0.01 / float(w.double().square().mean().sqrt()))
 
 

@@ -274,7 +274,8 @@ def run(updates: list[Update], label: str, out_dir: Path, settings: dict[str, li
     torch.set_num_threads(1)
     try:
         recs = [_measure(codec, updates, repeats) for _, codec in codecs]
-        for _ in range(repeats):  # alternate codecs inside each repeat (docs/methods.md, "The limit a codec is measured against")
+        # alternate codecs inside each repeat (docs/methods.md, "The limit a codec is measured against")
+        for _ in range(repeats):
             for (_, codec), rec in zip(codecs, recs):
                 _time(codec, updates, rec)
     finally:

@@ -19,11 +19,11 @@ B = odd columns (rows); A is coded first (recursively), then every element of B 
     ctx   = local·4 + line
 
 separately for column and row splits and for the finest level of each versus the coarser ones
-(2 × 2 × 36 contexts; a neighbour at distance 1 says more than one at distance 2^k), plus one for
-the last ≤ 16 symbols (the root). Signed neighbours matter: on captured MLP updates they take ctx from ~0.95 to ~0.85 of the
-i.i.d. limit. The decoder knows A before B, so it computes every context of a level at once: the
-coder is vectorised per level (numpy passes and one range-coder call per context and level, about
-36·log2(numel) calls at most), with no per-symbol Python.
+(2 × 2 × 36 contexts; a neighbour at distance 1 says more than one at distance 2^k), plus one for the last
+≤ 16 symbols (the root). Signed neighbours matter: on captured MLP updates they take ctx from ~0.95
+to ~0.85 of the i.i.d. limit. The decoder knows A before B, so it computes every context of a level
+at once: the coder is vectorised per level (numpy passes and one range-coder call per context and
+level, about 36·log2(numel) calls at most), with no per-symbol Python.
 
 Models are *semi-static* (two-pass): the encoder counts each context's symbols over the whole
 tensor and sends the counts, quantised as in ``fedsqueeze.codecs.entropy`` (per-context shift,

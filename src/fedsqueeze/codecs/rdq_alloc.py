@@ -11,11 +11,11 @@ For each float tensor the encoder evaluates the candidate steps u·2^(k/4), k = 
 tensor's one-step unit u (``RDQ._unit``: ``step``, or ``step``·RMS with ``normalize``): D = the
 squared error of the real quantiser, R = the order-0 entropy of its levels (a proxy of the coded
 size that ranks steps the same way for every coder), both on every ⌈n/2^17⌉-th element of a big
-tensor (dither and stochastic rounding then draw other noise than the real encode: an estimate). The target is the total distortion of the
-one-step configuration; λ is found by bisection (in log λ) as the largest slope whose choices stay
-within it. If the chosen steps would not save estimated bits, the one-step units are kept. Each
-tensor's step travels in the payload as always, so decoding is unchanged; with ``target_bytes`` the
-budget search varies ``step`` and every trial allocates anew.
+tensor (dither and stochastic rounding then draw other noise than the real encode: an estimate). The
+target is the total distortion of the one-step configuration; λ is found by bisection (in log λ) as
+the largest slope whose choices stay within it. If the chosen steps would not save estimated bits,
+the one-step units are kept. Each tensor's step travels in the payload as always, so decoding is
+unchanged; with ``target_bytes`` the budget search varies ``step`` and every trial allocates anew.
 """
 from __future__ import annotations
 
