@@ -29,6 +29,9 @@ Bytes per tensor (inside the base class's length-prefixed chunk)::
         (trailing zeros are implied by the tensor's shape)
     coder = "ans" (the near-optimal variant): ``fedsqueeze.codecs.entropy`` of all q (a compact
         count table, then an ANS stream)
+    coder = "ctx" (ours): ``fedsqueeze.codecs.ctx`` of q with the tensor's shape: a mode byte, then
+        the cheapest of constant / raw varints / γ / order-0 ANS / a context model (neighbours'
+        signed classes and their row's activity, range-coded): below the i.i.d. limit on real updates
 
 Bias: deterministic rounding is biased, |Δ̂ − Δ| ≤ u/2 per coordinate (≤ (½ + θ)·u with a dead zone);
 stochastic rounding and subtractive dither are unbiased (the ``unbiased`` property says so). Dither makes the error Uniform[−u/2, u/2] and independent of Δ.
@@ -38,6 +41,10 @@ parameter, R = 8·len(payload)/d bits per parameter, the real bytes of this code
 takes the server's majority. The paper finds the frontier stable across clients and rounds, so a
 fixed offline step is near-optimal. Default ``step=1e-3`` suits FedAvg updates of small CNNs (update
 RMS ~1e-3 to 1e-2: a few bits per parameter); tune it with the vote or ``fedsqueeze bench codecs``.
+
+Allocation (ours): ``alloc = "rd"`` picks each tensor's step at one common R–D slope for the
+distortion of the one-step setting (``fedsqueeze.codecs.rdq_alloc``); the steps travel as always, so
+decoding does not change. ``alloc = "one"`` (default) is not written into the header's config.
 
 Budget mode (ours): ``target_bytes = N`` makes every payload the finest-step one that fits in N bytes
 (``fit_to_bytes``: a first guess from the high-rate relation R ≈ h − log2 u, then bracketing and
@@ -64,14 +71,17 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
+from fedsqueeze.codecs import ctx as ctx_coder
 from fedsqueeze.codecs.base import Codec, host_tensors
 from fedsqueeze.codecs.bits import decode_records, encode_records
 from fedsqueeze.codecs.entropy import decode_symbols, encode_symbols
 from fedsqueeze.errors import CodecError, PayloadError
-from fedsqueeze.wire.varint import Reader, encode_varint
+from fedsqueeze.seeding import derive_seed
+from fedsqueeze.wire.varint import Reader, encode_varint, write_chunk
 
 ROUNDINGS = ("deterministic", "stochastic", "dither")
-CODERS = ("gamma", "ans")
+CODERS = ("gamma", "ans", "ctx")
+ALLOCS = ("one", "rd")
 QMAX = 1 << 20
 _F32 = struct.Struct("<f")
 _RECORD = ["gamma", 1, "gamma"]
@@ -93,6 +103,7 @@ class RDQ(Codec):
     lam: float | None = None       # λ of D + λ·R (MSE per bit/parameter)
     candidates: tuple = ()         # the steps clients vote on
     initial: float | None = None   # the step of the first round (default: the first candidate)
+    alloc: str = "one"             # "rd": one step per tensor at equal R–D slope (fedsqueeze.codecs.rdq_alloc)
 
     @property
     def unbiased(self) -> bool:  # type: ignore[override]
@@ -116,13 +127,15 @@ class RDQ(Codec):
             raise CodecError("rdq: dead_zone needs rounding='deterministic' (it would bias the others)")
         if isinstance(self.target_bytes, bool) or not isinstance(self.target_bytes, int) or self.target_bytes < 0:
             raise CodecError(f"rdq: target_bytes must be an integer >= 0 (0 = off), got {self.target_bytes!r}")
+        if self.alloc not in ALLOCS:
+            raise CodecError(f"rdq: alloc must be one of {', '.join(ALLOCS)}, got {self.alloc!r}")
 
     def get_config(self) -> dict:
-        """The configuration; the vote's options only when set, so a fixed-step payload's header (and
-        size) is what it was before the vote existed."""
+        """The configuration in the payload header; the vote's options and ``alloc`` only when set, so
+        the payloads of configurations that existed before them keep their exact bytes."""
         cfg = super().get_config()
-        for key, default in (("lam", None), ("candidates", []), ("initial", None)):
-            if cfg[key] == default:
+        for key, default in (("lam", None), ("candidates", []), ("initial", None), ("alloc", "one")):
+            if cfg.get(key) == default:
                 del cfg[key]
         return cfg
 
@@ -185,10 +198,30 @@ class RDQ(Codec):
         return y.mul_(unit)
 
     # ---- codec hooks --------------------------------------------------------------------------------
-    def encode_tensor(self, x: torch.Tensor, seed: int) -> bytes:
+    def encode_body(self, values: list[torch.Tensor], specs, seed: int) -> bytes:
+        if self.alloc != "rd":
+            return super().encode_body(values, specs, seed)
+        from fedsqueeze.codecs.rdq_alloc import rd_units
+
+        units = rd_units(self, values, seed)  # per float tensor: the step at the common R–D slope
+        out = bytearray()
+        for i, (spec, x) in enumerate(zip(specs, values)):
+            if not spec.numel:
+                chunk = b""
+            elif not x.is_floating_point():
+                chunk = x.numpy().tobytes()
+            else:
+                chunk = self.encode_tensor(x, derive_seed(seed, i), unit=units[i])
+            write_chunk(out, chunk)
+        return bytes(out)
+
+    def encode_tensor(self, x: torch.Tensor, seed: int, unit: float | None = None) -> bytes:
+        shape = tuple(x.shape)
         x = x.reshape(-1)
-        unit = self._unit(x)
+        unit = self._unit(x) if unit is None else unit
         q = self.quantize(x, unit, seed).numpy()
+        if self.coder == "ctx":
+            return _F32.pack(unit) + ctx_coder.encode(q, shape)
         return _F32.pack(unit) + (encode_symbols(q) if self.coder == "ans" else _gamma_encode(q))
 
     def decode_tensor(self, data: memoryview, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -198,7 +231,10 @@ class RDQ(Codec):
         if not 0 < unit < math.inf:
             raise PayloadError(f"rdq: step {unit} is not a positive finite number")
         rest = r.take(r.remaining())
-        q = decode_symbols(rest, numel) if self.coder == "ans" else _gamma_decode(rest, numel)
+        if self.coder == "ctx":
+            q = ctx_coder.decode(rest, tuple(shape), numel)
+        else:
+            q = decode_symbols(rest, numel) if self.coder == "ans" else _gamma_decode(rest, numel)
         return self.dequantize(torch.from_numpy(q), unit, seed).reshape(shape)
 
 
