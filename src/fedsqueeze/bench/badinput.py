@@ -3,8 +3,11 @@
 ``CASES`` is a table of mistakes users make — unknown names, out-of-range or mistyped values,
 impossible combinations, malformed TOML and ``--set`` syntax, bad codec specs, missing or corrupt
 dataset files, resuming what cannot be resumed. Each case is run through ``fedsqueeze.cli.main``
-(in this process) and must end with exit code 2 and exactly one line ``error: ...`` that names the
-problem and the fix (both checked by a phrase per case), with no traceback. The test suite
+(in this process, with the case's folder as the working directory) and must end with exit code 2 and
+exactly one line ``error: ...`` that names the problem and the fix (both checked by a phrase per case),
+with no traceback, within ``CASE_SECONDS``, and with the case's folder byte-for-byte as it was (a
+snapshot of the tree before and after: nothing created, removed or changed). The hostile and careless
+inputs beyond the first table are in ``fedsqueeze.bench.badinput_cases``. The test suite
 (``tests/test_bad_input.py``) runs the same table; this command prints the coverage figure.
 """
 from __future__ import annotations
