@@ -203,8 +203,11 @@ def weighted_mean(messages: list[Tensors], weights: list[float]) -> Tensors:
     out: Tensors = {}
     for name in messages[0]:
         acc = torch.zeros_like(messages[0][name], dtype=torch.float64)
+        term = torch.empty_like(acc)  # one scratch buffer per tensor: acc += m.to(float64) * (w / total), in place
         for m, w in zip(messages, weights):
-            acc += m[name].to(torch.float64) * (w / total)
+            term.copy_(m[name])
+            term.mul_(w / total)
+            acc.add_(term)
         out[name] = acc.to(messages[0][name].dtype)
     return out
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 import time
-import zlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -57,7 +58,9 @@ def _task(args: tuple) -> tuple:
     global _DOWN
     client, rnd, step, payloads, stored = args
     assert _RUNTIME is not None
-    key = (rnd, step, tuple((k, len(p), zlib.crc32(p)) for k, p in payloads.items()))
+    # a payload ends with the CRC32 of everything before it: (length, that CRC) identifies it without
+    # checksumming the bytes again (decode still verifies the CRC, once per step)
+    key = (rnd, step, tuple((k, len(p), bytes(p[-4:])) for k, p in payloads.items()))
     if _DOWN is None or _DOWN[0] != key:  # decoded once per step, unless each client has its own (delta)
         _DOWN = (key, _decode_down(_RUNTIME, rnd, payloads))
     return run_client_safely(_RUNTIME, client, rnd, step, _DOWN[1], stored)
@@ -75,6 +78,10 @@ class WorkerPool:
         spawn = spawn or os.environ.get("FEDSQUEEZE_POOL_SPAWN") == "1"
         self.spawn = spawn or any(not d.startswith("cpu") for d in self.devices)
         self._pool = self._start()
+        self._sizes = [len(t) for t in runtime.partition.train]  # a client's training samples: its work
+
+    def _size(self, client: int) -> int:
+        return self._sizes[client] if 0 <= client < len(self._sizes) else 0
 
     def _start(self):
         if not self.spawn:
@@ -86,25 +93,38 @@ class WorkerPool:
         return mp.get_context("spawn").Pool(self.workers, initializer=_init_worker,
                                             initargs=((rt.cfg, data, rt.partition, self.devices),))
 
-    def map(self, tasks: list[tuple[int, int, int, dict[str, bytes], Any]], timeout: float | None = None) -> list:
+    def map(self, tasks: list[tuple[int, int, int, dict[str, bytes], Any]], timeout: float | None = None,
+            on_result: Callable[[int, Any], None] | None = None) -> list:
         """Each task's result (a ``run_client`` tuple or a ``ClientFailure``), in task order; None for the
         tasks still unfinished once no task has finished for ``timeout`` seconds (a liveness guard, not
-        a time budget: slow but steady clients are never cut off)."""
-        pending = [self._pool.apply_async(_task, (t,)) for t in tasks]
+        a time budget: slow but steady clients are never cut off).
+
+        Tasks are handed out longest first (most training samples; ties in task order), so the round
+        does not end waiting for one large client that started last; ``on_result(i, result)`` is called
+        as each task finishes (the engine starts decoding and checking it while the others train)."""
+        order = sorted(range(len(tasks)), key=lambda i: (-self._size(tasks[i][0]), i))
+        pending: list = [None] * len(tasks)
+        finished = threading.Event()  # set by the pool's result thread whenever a task finishes
+        for i in order:
+            pending[i] = self._pool.apply_async(_task, (tasks[i],), callback=lambda _: finished.set(),
+                                                error_callback=lambda _: finished.set())
         out: list = [None] * len(pending)
         left = set(range(len(pending)))
         progress = time.monotonic()
         while left:
-            done = [i for i in sorted(left) if pending[i].ready()]
+            finished.clear()
+            done = [i for i in order if i in left and pending[i].ready()]
             for i in done:
                 out[i] = pending[i].get()  # a ConfigError raised by a client is re-raised here
                 left.discard(i)
+                if on_result is not None:
+                    on_result(i, out[i])
             if done:
                 progress = time.monotonic()
             elif timeout is not None and time.monotonic() - progress > timeout:
                 break
             else:
-                pending[min(left)].wait(0.05)
+                finished.wait(0.05)
         if left:  # a stuck or dead worker still holds its task: start afresh
             self.close()
             self._pool = self._start()

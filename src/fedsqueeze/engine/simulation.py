@@ -30,6 +30,7 @@ from fedsqueeze.engine import delta, faults, vectorized
 from fedsqueeze.engine.atomic import crash_point
 from fedsqueeze.engine.device import compute_mode, worker_devices
 from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy
+from fedsqueeze.engine.overlap import Admission, without
 from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
 from fedsqueeze.engine.run_state import RunState
 from fedsqueeze.engine.runtime import COMPUTE_KEY, ClientFailure, Runtime, payload_seed, run_client_safely
@@ -99,6 +100,7 @@ class Simulation(RunState):
         # per step: new states of clients that replied (committed only if the reply is accepted), failures
         self._staged: dict[int, Any] = {}
         self._failed: dict[int, ClientFailure] = {}
+        self._admission = Admission()  # replies decoded and checked while the next client trains
         self._new_round([])
 
     # ---- the loop ------------------------------------------------------------------------------------
@@ -130,6 +132,7 @@ class Simulation(RunState):
                 if self.progress is not None:
                     self.progress(rec)
         finally:
+            self._admission.close()
             if self.pool is not None:
                 self.pool.close()
                 self.pool = None
@@ -202,6 +205,12 @@ class Simulation(RunState):
             return self.algo.codec(kind, "up", rnd).decode(payload, max_numel=self._max_numel)
 
         self._staged, self._failed = {}, {}
+        max_norm = self.cfg.engine.max_update_norm
+
+        def check(c: int, ups: dict[str, bytes], n: Any, metrics: dict) -> Reply | Rejection:
+            return admit(rnd, step, c, ups, n, metrics, expected, decode_up, max_norm)
+
+        self._admission.start(check)  # each reply is admitted as it arrives (engine.overlap), verdicts read in order
         arrived = self._execute(clients, rnd, step, payloads)
         replies, rejections = [], []
         for c, ups, n, metrics in arrived:
@@ -210,7 +219,7 @@ class Simulation(RunState):
                 self._client_s[c] = self._client_s.get(c, 0.0) + float(metrics.pop(COMPUTE_KEY))
             for kind, p in ups.items():
                 self.ledger.record(rnd, c, "up", kind, p)  # received bytes count, accepted or not
-            reply = admit(rnd, step, c, ups, n, metrics, expected, decode_up, self.cfg.engine.max_update_norm)
+            reply = self._admission.result(c, ups, n, metrics)
             if isinstance(reply, Rejection):
                 rejections.append((reply, ""))
                 continue
@@ -219,6 +228,7 @@ class Simulation(RunState):
                 self.store.put(c, self._staged[c])  # None drops whatever the client had stored
             if self.mirrors is not None:
                 self.mirrors.accept(c)  # the server's copy of the client's model advances with its state
+        self._admission.finish()
         for c, failure in self._failed.items():
             rejections.append((Rejection(rnd, step, c, "raised", failure.reason),
                                "" if failure.injected else failure.detail))
@@ -263,6 +273,12 @@ class Simulation(RunState):
             else:
                 payloads[kind] = codec.encode(tensors, seed=seed)
         return payloads
+
+    def _arrived(self, client: int, out: Any) -> None:
+        """A client's ``run_client`` result (or a failure, or None) just came in: start admitting it."""
+        if isinstance(out, tuple):
+            ups, _, n, metrics = out
+            self._admission.submit(client, ups, n, without(metrics, COMPUTE_KEY))
 
     def _reject(self, rejection: Rejection, detail: str = "") -> None:
         r = rejection
@@ -320,7 +336,8 @@ class Simulation(RunState):
             return []
         if self.pool is not None:
             return self.pool.map([(c, rnd, step, payloads_for(payloads, c), self.store.get(c)) for c in clients],
-                                 timeout=self.cfg.engine.round_timeout)
+                                 timeout=self.cfg.engine.round_timeout,
+                                 on_result=lambda i, out: self._arrived(clients[i], out))
 
         def decoded(c: int) -> Messages:
             if self.delta:  # a payload of its own per client
@@ -332,9 +349,16 @@ class Simulation(RunState):
             return down[0]
 
         if self.cfg.engine.vectorize:  # the training of all of them at once (engine.vectorized)
-            return vectorized.run_clients(self.runtime, clients, rnd, step, [decoded(c) for c in clients],
+            outs = vectorized.run_clients(self.runtime, clients, rnd, step, [decoded(c) for c in clients],
                                           [self.store.get(c) for c in clients])
-        return [run_client_safely(self.runtime, c, rnd, step, decoded(c), self.store.get(c)) for c in clients]
+            for c, out in zip(clients, outs):
+                self._arrived(c, out)
+            return outs
+        outs = []
+        for c in clients:
+            outs.append(run_client_safely(self.runtime, c, rnd, step, decoded(c), self.store.get(c)))
+            self._arrived(c, outs[-1])  # admitted in the background while the next client trains
+        return outs
 
     # ---- evaluation & accounting ------------------------------------------------------------------------
     def _traffic(self, rnd: int) -> dict[str, int]:

@@ -1,0 +1,71 @@
+"""Server-side admission overlapped with client training.
+
+The server's work on a reply — decode every payload, check its spec, scan its values (see
+``fedsqueeze.engine.validation.admit``) — depends on nothing but the reply's bytes and the step's
+expectations, so it can start the moment a reply arrives, on a background thread, while the next
+client trains (in process: torch releases the GIL inside its kernels, and CUDA training is queued
+asynchronously anyway; with the worker pool: while the workers still train).
+
+Only the *work* moves: the engine still takes every verdict in sampling order (``result``), records
+the ledger, rejections and state commits in that order, and aggregates in client order, so every
+byte and every metric is what a serial admission gives. A reply that was never submitted (a
+transport that overrides ``Simulation._execute``, e.g. Flower) is admitted on the spot.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+Check = Callable[[int, dict, Any, dict], Any]  # (client, uploads, num_samples, metrics) -> Reply | Rejection
+
+
+def without(metrics: Any, key: str) -> Any:
+    """``metrics`` without ``key`` (a new dict when it had it), as the engine hands them to ``admit``."""
+    if isinstance(metrics, dict) and key in metrics:
+        return {k: v for k, v in metrics.items() if k != key}
+    return metrics
+
+
+class Admission:
+    """One background thread; per step, ``start(check)``, ``submit`` on arrival, ``result`` in order."""
+
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._check: Check | None = None
+        self._pending: dict[int, tuple[dict, Future]] = {}
+
+    def start(self, check: Check) -> None:
+        """A new step: replies are admitted with ``check``; anything still pending is forgotten."""
+        self.finish()
+        self._check = check
+
+    def submit(self, client: int, ups: dict, n: Any, metrics: Any) -> None:
+        """Begin admitting one arrived reply in the background."""
+        if self._check is None:
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="fedsqueeze-admit")
+        self._pending[client] = (ups, self._executor.submit(self._check, client, ups, n, metrics))
+
+    def result(self, client: int, ups: dict, n: Any, metrics: Any) -> Any:
+        """The verdict on a reply: the background one if this very reply was submitted, else computed now.
+        An exception of the check is raised here, as a serial admission would raise it."""
+        pending = self._pending.pop(client, None)
+        if pending is not None and pending[0] is ups:
+            return pending[1].result()
+        assert self._check is not None, "Admission.start(check) must come first"
+        return self._check(client, ups, n, metrics)
+
+    def finish(self) -> None:
+        """End of a step: wait for (and drop) whatever is still being admitted."""
+        for _, fut in self._pending.values():
+            fut.exception()  # waits; a stray error belongs to a reply nobody asked for
+        self._pending.clear()
+        self._check = None
+
+    def close(self) -> None:
+        self.finish()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
