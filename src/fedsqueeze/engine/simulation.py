@@ -29,6 +29,7 @@ from fedsqueeze.data.sources import Dataset
 from fedsqueeze.engine import delta, faults, vectorized
 from fedsqueeze.engine.atomic import crash_point
 from fedsqueeze.engine.device import compute_mode, worker_devices
+from fedsqueeze.engine.deadline import Deadline
 from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy
 from fedsqueeze.engine.overlap import Admission, without
 from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
@@ -101,6 +102,8 @@ class Simulation(RunState):
         self._staged: dict[int, Any] = {}
         self._failed: dict[int, ClientFailure] = {}
         self._admission = Admission()  # replies decoded and checked while the next client trains
+        self.deadline = Deadline.from_config(cfg)  # engine.deadline_s, or None
+        self._missed: dict[int, list[int]] = {}  # this step: clients past the deadline -> upload bytes sent in time
         self._new_round([])
 
     # ---- the loop ------------------------------------------------------------------------------------
@@ -274,11 +277,21 @@ class Simulation(RunState):
                 payloads[kind] = codec.encode(tensors, seed=seed)
         return payloads
 
-    def _arrived(self, client: int, out: Any) -> None:
-        """A client's ``run_client`` result (or a failure, or None) just came in: start admitting it."""
-        if isinstance(out, tuple):
-            ups, _, n, metrics = out
-            self._admission.submit(client, ups, n, without(metrics, COMPUTE_KEY))
+    def _arrived(self, client: int, out: Any, payloads: Payloads) -> None:
+        """A client's ``run_client`` result (or a failure, or None) just came in: hold it to the deadline
+        (``engine.deadline_s``), then start admitting it."""
+        if not isinstance(out, tuple):
+            return
+        ups, _, n, metrics = out
+        if self.deadline is not None:
+            measured = float(metrics.get(COMPUTE_KEY, 0.0)) if isinstance(metrics, dict) else 0.0
+            compute = self.deadline.compute_s(self.runtime.num_samples(client), measured)
+            _, sent = self.deadline.verdict(client, [len(p) for p in payloads_for(payloads, client).values()],
+                                            [len(p) for p in ups.values()], compute)
+            if sent is not None:
+                self._missed[client] = sent
+                return
+        self._admission.submit(client, ups, n, without(metrics, COMPUTE_KEY))
 
     def _reject(self, rejection: Rejection, detail: str = "") -> None:
         r = rejection
@@ -297,6 +310,7 @@ class Simulation(RunState):
         eng = self.cfg.engine
         got: dict[int, tuple[dict[str, bytes], int, dict]] = {}
         pending, missing = list(clients), {}
+        self._missed, past = {}, set()
         down: list[Messages] = []  # decoded at most once per step
         for attempt in range(eng.retries + 1):
             for c in (c for c in pending if attempt and missing.get(c) == "dropout"):
@@ -315,17 +329,25 @@ class Simulation(RunState):
                     missing[c] = "timeout"
                 elif isinstance(out, ClientFailure):
                     self._failed[c] = out
+                elif c in self._missed:  # engine.deadline_s: too slow; what it sent in time is counted
+                    for (kind, p), sent in zip(out[0].items(), self._missed[c]):
+                        if sent:
+                            self.ledger.record(rnd, c, "up", kind, p[:sent])
+                    if isinstance(out[3], dict):
+                        self._client_s[c] = self._client_s.get(c, 0.0) + float(out[3].get(COMPUTE_KEY, 0.0))
+                    missing[c] = "deadline"
+                    past.add(c)
                 else:
                     ups, stored, n, metrics = out
                     got[c], self._staged[c] = (ups, n, metrics), stored
-            pending = [c for c in pending if c in missing]
+            pending = [c for c in pending if c in missing and c not in past]  # a retry would be as slow
             if missing:
                 self.log(f"round {rnd} step {step}: no reply from client(s) " + ", ".join(
                     f"{c} ({why})" for c, why in sorted(missing.items()))
                     + (f" (attempt {attempt + 1} of {eng.retries + 1})" if eng.retries else ""))
             if len(got) >= eng.min_replies or not pending:
                 break
-        self._late |= {c for c, why in missing.items() if why in ("straggler", "timeout")}
+        self._late |= {c for c, why in missing.items() if why in ("straggler", "timeout")} | past
         return [(c, *got[c]) for c in clients if c in got]  # sampling order: a fixed reduction order
 
     def _run_clients(self, clients: list[int], rnd: int, step: int, payloads: dict[str, bytes],
@@ -337,7 +359,7 @@ class Simulation(RunState):
         if self.pool is not None:
             return self.pool.map([(c, rnd, step, payloads_for(payloads, c), self.store.get(c)) for c in clients],
                                  timeout=self.cfg.engine.round_timeout,
-                                 on_result=lambda i, out: self._arrived(clients[i], out))
+                                 on_result=lambda i, out: self._arrived(clients[i], out, payloads))
 
         def decoded(c: int) -> Messages:
             if self.delta:  # a payload of its own per client
@@ -352,12 +374,12 @@ class Simulation(RunState):
             outs = vectorized.run_clients(self.runtime, clients, rnd, step, [decoded(c) for c in clients],
                                           [self.store.get(c) for c in clients])
             for c, out in zip(clients, outs):
-                self._arrived(c, out)
+                self._arrived(c, out, payloads)
             return outs
         outs = []
         for c in clients:
             outs.append(run_client_safely(self.runtime, c, rnd, step, decoded(c), self.store.get(c)))
-            self._arrived(c, outs[-1])  # admitted in the background while the next client trains
+            self._arrived(c, outs[-1], payloads)  # admitted in the background while the next client trains
         return outs
 
     # ---- evaluation & accounting ------------------------------------------------------------------------
