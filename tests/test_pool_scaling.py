@@ -66,3 +66,16 @@ def test_two_workers_equal_in_process_bit_for_bit_with_scaffold(tmp_path, digits
     strip = lambda h: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in h]  # noqa: E731
     assert strip(a.history) == strip(b.history) and a.ledger.to_state() == b.ledger.to_state()
     assert a.history[-1]["global_acc"] > 0.25  # learning (chance: 0.1)
+
+
+def test_throughput_rows_carry_speedup_and_efficiency_against_the_in_process_engine():
+    from fedsqueeze.bench.throughput import measure_speed
+    from fedsqueeze.data.sources import load_synthetic
+
+    rows = measure_speed("mlp", workers=(0, 2), rounds=1, k=4, dataset="synthetic", data=load_synthetic())
+    plain, inproc, pool = rows
+    assert plain["speedup_vs_in_process"] is None and plain["efficiency"] is None
+    assert inproc["speedup_vs_in_process"] == 1.0 and inproc["efficiency"] is None
+    assert pool["speedup_vs_in_process"] == pytest.approx(inproc["s_per_round"] / pool["s_per_round"])
+    assert pool["efficiency"] == pytest.approx(pool["speedup_vs_in_process"] / 2)
+    assert pool["max_abs_weight_diff"] == 0.0

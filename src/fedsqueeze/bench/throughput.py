@@ -76,13 +76,20 @@ def measure_speed(model: str, *, workers: tuple[int, ...] = (0, 1, 2), rounds: i
         times = interleaved(sides, rounds, report)
         diffs = {_engine_mode(w): max_weight_diff(sim, plain) for w, sim in sims.items()}
     plain_s = statistics.median(times[PLAIN])
+    inproc = _engine_mode(0)
+    inproc_s = statistics.median(times[inproc]) if inproc in times else None
     worker_count = {_engine_mode(w): w for w in workers}
     rows = []
     for side, ts in times.items():
         s = statistics.median(ts)
-        rows.append({"model": model, "device": str(first.runtime.device), "mode": side, "workers": worker_count.get(side, ""),
+        w = worker_count.get(side, "")
+        # scaling: the pool against the in-process engine (speedup), and that per worker (efficiency)
+        speedup = inproc_s / s if inproc_s is not None and side != PLAIN else None
+        rows.append({"model": model, "device": str(first.runtime.device), "mode": side, "workers": w,
                      "clients_per_round": k, "rounds": rounds, "s_per_round": s, "updates_per_s": k / s,
-                     "ratio_vs_plain": plain_s / s, "max_abs_weight_diff": diffs.get(side, 0.0)})
+                     "ratio_vs_plain": plain_s / s, "max_abs_weight_diff": diffs.get(side, 0.0),
+                     "speedup_vs_in_process": speedup,
+                     "efficiency": speedup / w if speedup is not None and isinstance(w, int) and w > 0 else None})
     return rows
 
 
@@ -200,12 +207,25 @@ def _speed_table(console, rows: list[dict[str, Any]]) -> None:
 
     t = Table(title="client updates per second (median of the measured rounds; ratio = engine ÷ plain loop, "
                     ">1 = faster)")
-    for col in ("model", "mode", "updates/s", "ratio vs plain loop", "s/round", "max |Δw| vs plain"):
+    for col in ("model", "mode", "updates/s", "ratio vs plain loop", "× in process", "efficiency", "s/round",
+                "max |Δw| vs plain"):
         t.add_column(col, justify="right")
+    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         t.add_row(r["model"], r["mode"], f"{r['updates_per_s']:.2f}", f"{r['ratio_vs_plain']:.3f}",
+                  fmt(r.get("speedup_vs_in_process"), ".2f"), fmt(r.get("efficiency"), ".0%"),
                   f"{r['s_per_round']:.3f}", "—" if r["mode"] == PLAIN else f"{r['max_abs_weight_diff']:.1e}")
     console.print(t)
+    import os
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    console.print(f"scaling measured on {os.cpu_count()} cores, load average after the runs {load[0]:.2f} "
+                  f"{load[1]:.2f} {load[2]:.2f} (× in process = in-process engine s/round ÷ pool s/round; "
+                  "efficiency = that ÷ workers)")
+    for r in rows:
+        if r.get("efficiency") is not None:
+            console.print(f"  {r['model']} {r['clients_per_round']} clients/round, {r['workers']} workers: "
+                          f"{r['speedup_vs_in_process']:.2f}× the in-process engine, efficiency "
+                          f"{r['efficiency']:.0%}")
 
 
 def _memory_table(console, rows: list[dict[str, Any]]) -> None:
