@@ -10,6 +10,11 @@ Only the *work* moves: the engine still takes every verdict in sampling order (`
 the ledger, rejections and state commits in that order, and aggregates in client order, so every
 byte and every metric is what a serial admission gives. A reply that was never submitted (a
 transport that overrides ``Simulation._execute``, e.g. Flower) is admitted on the spot.
+
+On an accelerator the same thread also *encodes* a client's uploads (``later``): the main thread copies
+the trained tensors to the CPU (``runtime.host_copy``) and goes on to the next client's training while
+client k is encoded, then admitted, in that order. Codecs draw randomness only from their own seeded
+generators, never from the global one the training uses, so nothing depends on the interleaving.
 """
 from __future__ import annotations
 
@@ -44,9 +49,13 @@ class Admission:
         """Begin admitting one arrived reply in the background."""
         if self._check is None:
             return
+        self._pending[client] = (ups, self.later(self._check, client, ups, n, metrics))
+
+    def later(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """``fn(*args)`` on the background thread, after everything handed to it before (one thread: FIFO)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="fedsqueeze-admit")
-        self._pending[client] = (ups, self._executor.submit(self._check, client, ups, n, metrics))
+        return self._executor.submit(fn, *args)
 
     def result(self, client: int, ups: dict, n: Any, metrics: Any) -> Any:
         """The verdict on a reply: the background one if this very reply was submitted, else computed now.

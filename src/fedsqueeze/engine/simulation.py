@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, p
 from fedsqueeze.engine.overlap import Admission, without
 from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
 from fedsqueeze.engine.run_state import RunState
-from fedsqueeze.engine.runtime import COMPUTE_KEY, ClientFailure, Runtime, payload_seed, run_client_safely
+from fedsqueeze.engine.runtime import (COMPUTE_KEY, ClientFailure, Runtime, failure_of, host_copy, payload_seed,
+                                       run_client_safely)
 from fedsqueeze.engine.sampling import clients_per_round, sample_clients
 from fedsqueeze.engine.validation import Rejection, TooFewReplies, admit
 from fedsqueeze.errors import ConfigError, DataError, FedsqueezeError
@@ -102,6 +104,7 @@ class Simulation(RunState):
         self._staged: dict[int, Any] = {}
         self._failed: dict[int, ClientFailure] = {}
         self._admission = Admission()  # replies decoded and checked while the next client trains
+        self._encode_behind = self.device.type != "cpu"  # uploads encoded while the next client trains
         self.deadline = Deadline.from_config(cfg)  # engine.deadline_s, or None
         self._missed: dict[int, list[int]] = {}  # this step: clients past the deadline -> upload bytes sent in time
         self._new_round([])
@@ -376,11 +379,44 @@ class Simulation(RunState):
             for c, out in zip(clients, outs):
                 self._arrived(c, out, payloads)
             return outs
+        if self._encode_behind:  # an accelerator: encode (and admit) client k while client k+1 trains
+            futures = [self._start_client(c, rnd, step, decoded(c), payloads) for c in clients]
+            return [f.result() for f in futures]
         outs = []
         for c in clients:
             outs.append(run_client_safely(self.runtime, c, rnd, step, decoded(c), self.store.get(c)))
             self._arrived(c, outs[-1], payloads)  # admitted in the background while the next client trains
         return outs
+
+    def _start_client(self, c: int, rnd: int, step: int, down: Messages, payloads: Payloads) -> Future:
+        """``run_client_safely`` split in two: training and the copy of its result to the CPU here, then
+        encoding (``Runtime.close_client``) and admission on the background thread (engine.overlap)."""
+        rt = self.runtime
+        t0 = time.perf_counter()
+        try:
+            ctx, down_c, stored, mirror = rt.open_client(c, rnd, step, down, self.store.get(c))
+            reply = rt.algo.client_update(ctx, down_c, stored.get("algo"))
+            on_host = (host_copy(reply.up), host_copy(reply.state))
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 — a client fault, as in run_client_safely
+            failed: Future = Future()
+            failed.set_result(failure_of(e))
+            return failed
+        trained_s = time.perf_counter() - t0
+
+        def finish() -> Any:
+            start = time.perf_counter()
+            try:  # client_s: training + encoding, not the time spent waiting for this thread
+                out = rt.close_client(ctx, reply, stored, mirror, start - trained_s, on_host=on_host)
+            except ConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                out = failure_of(e)
+            self._arrived(c, out, payloads)
+            return out
+
+        return self._admission.later(finish)
 
     # ---- evaluation & accounting ------------------------------------------------------------------------
     def _traffic(self, rnd: int) -> dict[str, int]:
