@@ -101,3 +101,25 @@ def test_weighted_mean_in_place_equals_the_textbook_sum():
         for m, w in zip(msgs, weights):
             acc += m[name].to(torch.float64) * (w / total)
         assert torch.equal(weighted_mean(msgs, weights)[name], acc.to(torch.float32))
+
+
+def test_weighted_mean_with_more_threads_is_bit_for_bit_the_single_threaded_one(monkeypatch):
+    from fedsqueeze.algorithms import base
+
+    g = torch.Generator().manual_seed(1)
+    msgs = [{"w": torch.randn(1 << 19, generator=g), "b": torch.randn(1000, 7, generator=g)} for _ in range(5)]
+    weights = [5.0, 3.0, 2.0, 9.0, 1.0]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        monkeypatch.setattr(base.os, "cpu_count", lambda: 1)  # the single-threaded reference
+        one = base.weighted_mean(msgs, weights)
+        monkeypatch.setattr(base.os, "cpu_count", lambda: 4)
+        seen = []
+        real = torch.set_num_threads
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n)))
+        many = base.weighted_mean(msgs, weights)
+        assert seen == [4, 1]  # raised for the job, then restored
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(one[k], many[k]) for k in one)
