@@ -114,7 +114,7 @@ def test_weighted_mean_with_more_threads_is_bit_for_bit_the_single_threaded_one(
     try:
         monkeypatch.setattr(base.os, "cpu_count", lambda: 1)  # the single-threaded reference
         one = base.weighted_mean(msgs, weights)
-        monkeypatch.setattr(base.os, "cpu_count", lambda: 4)
+        monkeypatch.setattr(base.os, "cpu_count", lambda: 8)
         seen = []
         real = torch.set_num_threads
         monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n)))

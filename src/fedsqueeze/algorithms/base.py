@@ -217,11 +217,12 @@ def weighted_mean(messages: list[Tensors], weights: list[float]) -> Tensors:
 
 @contextmanager
 def _elementwise_threads(work: int, most: int = 8):
-    """Up to ``most`` torch threads (the machine's cores) for a large purely element-wise job: each value
-    is computed by the same operations in the same order whichever thread computes it, so the result is
-    bit-for-bit the single-threaded one (unlike a reduction's). The caller's thread count is restored."""
+    """Up to ``most`` torch threads (half the machine's cores, leaving room for pool workers; none extra on
+    2 cores) for a large purely element-wise job: each value is computed by the same operations in the
+    same order whichever thread computes it, so the result is bit-for-bit the single-threaded one (unlike
+    a reduction's). The caller's thread count is restored."""
     before = torch.get_num_threads()
-    want = min(most, os.cpu_count() or 1)
+    want = min(most, (os.cpu_count() or 1) // 2)
     if work < (1 << 20) or want <= before:
         yield
         return
