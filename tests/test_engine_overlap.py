@@ -24,6 +24,7 @@ def _strip(history):
 def _run(tmp_path, name, *, admit_behind=True, encode_behind=False, **over):
     sim = Simulation(from_dict(digits_config(**over)), tmp_path / name, dataset=_run.digits)
     sim._encode_behind = encode_behind  # the accelerator path, exercised on the CPU
+    sim._admission.enabled = admit_behind  # on whatever the machine's load (spare_core)
     if not admit_behind:  # the serial engine: no reply is ever submitted, each is admitted on the spot
         sim._admission.submit = lambda *a, **k: None  # type: ignore[method-assign]
     res = sim.run()
@@ -123,3 +124,36 @@ def test_weighted_mean_with_more_threads_is_bit_for_bit_the_single_threaded_one(
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(one[k], many[k]) for k in one)
+
+
+def test_inline_admission_keeps_the_verdict_and_its_exception():
+    adm = Admission(enabled=False)
+    calls = []
+
+    def check(c, ups, n, metrics):
+        calls.append(c)
+        if c == 2:
+            raise KeyError("bad")
+        return c * 10
+
+    adm.start(check)
+    ups = {1: {"u": b"a"}, 2: {"u": b"b"}}
+    adm.submit(1, ups[1], 1, {})  # disabled: nothing happens in the background
+    assert calls == []
+    adm.submit(1, ups[1], 1, {}, inline=True)
+    adm.submit(2, ups[2], 1, {}, inline=True)
+    assert calls == [1, 2]
+    assert adm.result(1, ups[1], 1, {}) == 10 and calls == [1, 2]  # not checked twice
+    with pytest.raises(KeyError):
+        adm.result(2, ups[2], 1, {})
+    adm.close()
+
+
+def test_spare_core_follows_the_load(monkeypatch):
+    from fedsqueeze.engine import overlap
+
+    monkeypatch.setattr(overlap.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(overlap.os, "getloadavg", lambda: (2.5, 0.0, 0.0))
+    assert overlap.spare_core()
+    monkeypatch.setattr(overlap.os, "getloadavg", lambda: (3.5, 0.0, 0.0))
+    assert not overlap.spare_core()

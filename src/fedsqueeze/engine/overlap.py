@@ -8,7 +8,9 @@ asynchronously anyway; with the worker pool: while the workers still train).
 
 Only the *work* moves: the engine still takes every verdict in sampling order (``result``), records
 the ledger, rejections and state commits in that order, and aggregates in client order, so every
-byte and every metric is what a serial admission gives. A reply that was never submitted (a
+byte and every metric is what a serial admission gives. The engine turns the background admission on
+when a core is idle (``spare_core``: on a machine busier than its cores it would only add waiting) and
+always on an accelerator. A reply that was never submitted (a
 transport that overrides ``Simulation._execute``, e.g. Flower) is admitted on the spot.
 
 On an accelerator the same thread also *encodes* a client's uploads (``later``): the main thread copies
@@ -18,11 +20,23 @@ generators, never from the global one the training uses, so nothing depends on t
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 Check = Callable[[int, dict, Any, dict], Any]  # (client, uploads, num_samples, metrics) -> Reply | Rejection
+
+
+def spare_core() -> bool:
+    """Whether a CPU core is idle for the background thread (load average at least one below the cores).
+    On a machine already busier than its cores, handing work to another thread only adds waiting (for
+    the scheduler, for the GIL), so admission then stays on the spot: the same results either way."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return (os.cpu_count() or 1) > 1
+    return (os.cpu_count() or 1) - load >= 1.0
 
 
 def without(metrics: Any, key: str) -> Any:
@@ -35,7 +49,9 @@ def without(metrics: Any, key: str) -> Any:
 class Admission:
     """One background thread; per step, ``start(check)``, ``submit`` on arrival, ``result`` in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        """``enabled=False``: ``submit`` does nothing, every verdict is computed on the spot (serial)."""
+        self.enabled = enabled
         self._executor: ThreadPoolExecutor | None = None
         self._check: Check | None = None
         self._pending: dict[int, tuple[dict, Future]] = {}
@@ -45,9 +61,20 @@ class Admission:
         self.finish()
         self._check = check
 
-    def submit(self, client: int, ups: dict, n: Any, metrics: Any) -> None:
-        """Begin admitting one arrived reply in the background."""
+    def submit(self, client: int, ups: dict, n: Any, metrics: Any, *, inline: bool = False) -> None:
+        """Begin admitting one arrived reply in the background; ``inline``: admit it here and now (a caller
+        with nothing else to do, e.g. waiting for pool workers), keeping the verdict for ``result``."""
         if self._check is None:
+            return
+        if inline:
+            done: Future = Future()
+            try:
+                done.set_result(self._check(client, ups, n, metrics))
+            except Exception as e:  # noqa: BLE001 — re-raised by result(), where a serial admission raises
+                done.set_exception(e)
+            self._pending[client] = (ups, done)
+            return
+        if not self.enabled:
             return
         self._pending[client] = (ups, self.later(self._check, client, ups, n, metrics))
 

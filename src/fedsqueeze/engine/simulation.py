@@ -32,7 +32,7 @@ from fedsqueeze.engine.atomic import crash_point
 from fedsqueeze.engine.device import compute_mode, worker_devices
 from fedsqueeze.engine.deadline import Deadline
 from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy
-from fedsqueeze.engine.overlap import Admission, without
+from fedsqueeze.engine.overlap import Admission, spare_core, without
 from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
 from fedsqueeze.engine.run_state import RunState
 from fedsqueeze.engine.runtime import (COMPUTE_KEY, ClientFailure, Runtime, failure_of, host_copy, payload_seed,
@@ -103,8 +103,9 @@ class Simulation(RunState):
         # per step: new states of clients that replied (committed only if the reply is accepted), failures
         self._staged: dict[int, Any] = {}
         self._failed: dict[int, ClientFailure] = {}
-        self._admission = Admission()  # replies decoded and checked while the next client trains
         self._encode_behind = self.device.type != "cpu"  # uploads encoded while the next client trains
+        # replies decoded and checked while the next client trains (when a core is free for it)
+        self._admission = Admission(enabled=self._encode_behind or spare_core())
         self.deadline = Deadline.from_config(cfg)  # engine.deadline_s, or None
         self._missed: dict[int, list[int]] = {}  # this step: clients past the deadline -> upload bytes sent in time
         self._new_round([])
@@ -294,7 +295,9 @@ class Simulation(RunState):
             if sent is not None:
                 self._missed[client] = sent
                 return
-        self._admission.submit(client, ups, n, without(metrics, COMPUTE_KEY))
+        # with a pool and no core to spare, the main thread (which only waits for workers) admits it itself
+        self._admission.submit(client, ups, n, without(metrics, COMPUTE_KEY),
+                               inline=self.pool is not None and not self._admission.enabled)
 
     def _reject(self, rejection: Rejection, detail: str = "") -> None:
         r = rejection
