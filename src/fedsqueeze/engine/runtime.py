@@ -192,10 +192,13 @@ class Runtime:
         return self._down_on_device[1]
 
     def close_client(self, ctx: ClientContext, reply, stored: dict, mirror: Messages | None,
-                     t0: float, on_host: tuple | None = None) -> tuple[dict[str, bytes], dict | None, int, dict[str, float]]:
+                     t0: float, on_host: tuple | None = None,
+                     codecs: dict[str, Any] | None = None) -> tuple[dict[str, bytes], dict | None, int, dict[str, float]]:
         """After ``client_update``: faults, encoding with the uplink codecs (of CPU tensors: the bytes never
         depend on the device), the new stored state (CPU tensors). ``on_host``: (uploads, state) already
-        copied to the CPU (``host_copy``), when the encoding runs on another thread."""
+        copied to the CPU (``host_copy``), and ``codecs``: the uplink codec of each kind, taken right after
+        ``client_update`` — when the encoding runs on another thread while the algorithm serves the next
+        client (an algorithm may choose a client's codec in ``client_update``, e.g. the rdq step vote)."""
         client, rnd, step = ctx.client, ctx.round, ctx.step
         on_device = self.device.type != "cpu"
         if on_host is not None:
@@ -207,7 +210,7 @@ class Runtime:
         codec_states: dict[str, Any] = dict(stored.get("codec", {}))
         payloads: dict[str, bytes] = {}
         for kind, tensors in up.items():
-            codec = self.algo.codec(kind, "up", rnd)
+            codec = codecs[kind] if codecs is not None and kind in codecs else self.algo.codec(kind, "up", rnd)
             seed = payload_seed(self.cfg.seed, "up", rnd, step, client, kind)
             if fault == "nan":
                 payloads[kind] = faults.encode_unguarded(codec, faults.with_nan(tensors), seed)

@@ -400,6 +400,7 @@ class Simulation(RunState):
             ctx, down_c, stored, mirror = rt.open_client(c, rnd, step, down, self.store.get(c))
             reply = rt.algo.client_update(ctx, down_c, stored.get("algo"))
             on_host = (host_copy(reply.up), host_copy(reply.state))
+            codecs = {kind: rt.algo.codec(kind, "up", rnd) for kind in reply.up}  # this client's, before the next
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 — a client fault, as in run_client_safely
@@ -411,7 +412,7 @@ class Simulation(RunState):
         def finish() -> Any:
             start = time.perf_counter()
             try:  # client_s: training + encoding, not the time spent waiting for this thread
-                out = rt.close_client(ctx, reply, stored, mirror, start - trained_s, on_host=on_host)
+                out = rt.close_client(ctx, reply, stored, mirror, start - trained_s, on_host=on_host, codecs=codecs)
             except ConfigError:
                 raise
             except Exception as e:  # noqa: BLE001
