@@ -25,7 +25,8 @@ _LAZY = {
     "register_model": "fedsqueeze.plugins", "register_codec": "fedsqueeze.plugins",
     "register_algorithm": "fedsqueeze.plugins", "register_dataset": "fedsqueeze.plugins",
     "register_partitioner": "fedsqueeze.plugins", "unregister": "fedsqueeze.plugins",
-    "registered": "fedsqueeze.plugins",
+    "registered": "fedsqueeze.plugins", "register_loss": "fedsqueeze.plugins",
+    "register_metric": "fedsqueeze.plugins", "Callback": "fedsqueeze.callbacks",
     "FederatedData": "fedsqueeze.data.federated",
     "Dataset": "fedsqueeze.data.sources",
     "Partition": "fedsqueeze.data.partition", "make_partition": "fedsqueeze.data.partition",
@@ -39,7 +40,7 @@ __all__ = [
     "run", "resume", "Config", "load_config", "Result",
     # your own parts
     "register_model", "register_codec", "register_algorithm", "register_dataset", "register_partitioner",
-    "unregister", "registered", "FederatedData",
+    "register_loss", "register_metric", "unregister", "registered", "FederatedData", "Callback",
     # building blocks
     "Dataset", "Partition", "make_partition", "iid", "dirichlet", "shards", "natural",
     "Codec", "make_codec", "Algorithm", "build_model",

@@ -88,7 +88,8 @@ class _Names:
         if isinstance(obj, str):
             return obj
         reg = {"model": registry.MODELS, "codec": registry.CODECS, "algorithm": registry.ALGORITHMS,
-               "dataset": registry.DATASETS, "partitioner": registry.PARTITIONERS}[kind]
+               "dataset": registry.DATASETS, "partitioner": registry.PARTITIONERS, "loss": registry.LOSSES,
+               "metric": registry.METRICS}[kind]
         found = reg.name_of(obj)
         if found is not None:
             return found
@@ -137,6 +138,10 @@ def _raw_config(config: Config | dict | str | Path | None) -> dict:
         return _plain(config)
     p = Path(config)
     if not p.is_file():
+        from fedsqueeze import presets
+
+        p = presets.path(str(config)) or p  # a shipped preset by name, e.g. "digits-quick"
+    if not p.is_file():
         load_config(p)  # the usual "not found" error
     try:
         return tomllib.loads(p.read_text())
@@ -154,6 +159,11 @@ def _check_rebuildable(cfg: Config, dataset: Any) -> None:
     ALGORITHMS.get(cfg.algorithm_name)
     make_codec(cfg.codec.up)
     make_codec(cfg.codec.down)
+    from fedsqueeze.metrics.losses import get_loss, metric_fn
+    get_loss(cfg.train.loss)
+    for m in cfg.eval.metrics:
+        if isinstance(m, str) and m not in ("accuracy", "loss"):
+            metric_fn(m)
     if dataset is None and cfg.data.source.startswith("object:"):
         from fedsqueeze.engine.simulation import load_dataset
         load_dataset(cfg)  # raises its one-line DataError
@@ -163,7 +173,7 @@ def run(config: Config | dict | str | Path | None = None, *, model: Any = None, 
         codec_up: Any = None, codec_down: Any = None, algorithm: Any = None,
         run_dir: str | Path | None = None, overrides: list[str] | None = None,
         resume: bool = False, overwrite: bool = False, progress: Any = None, dataset: Any = None, threads: int = 1, plot: bool = True,
-        log: Any = None) -> Result:
+        log: Any = None, callbacks: list[Any] | None = None) -> Result:
     """Run one experiment on the embedded simulation engine.
 
     ``config``: a ``Config``, a dict, or a TOML path (None: all defaults). ``model``/``codec_up``/
@@ -172,7 +182,11 @@ def run(config: Config | dict | str | Path | None = None, *, model: Any = None, 
     ``run_dir``: where results and checkpoints go (default ``<output_dir>/<name>-<timestamp>``); with
     ``resume=True`` an interrupted run there continues from its last checkpoint and ends with the metrics
     an uninterrupted run would have (pass the same objects again). ``progress``: a callable given each
-    round's record; ``log``: a callable given one-line messages (the partition summary). ``threads``:
+    round's record; ``log``: a callable given one-line messages (the partition summary). ``callbacks``:
+    objects with ``on_run_start(config, run_dir)``, ``on_round_end(record)``, ``on_run_end(result)``
+    (``fedsqueeze.Callback``; the trackers in ``fedsqueeze.callbacks``); one that raises stops the run with
+    an error naming it. ``train.loss`` and ``eval.metrics`` may hold functions too (recorded like the
+    other parts: registered name or module:qualname). ``threads``:
     torch intra-op threads during the run (1 is fastest on small machines; parallelism comes from
     ``engine.workers`` processes); the caller's setting is restored afterwards, as are the RNG states.
     An existing run folder is refused unless ``resume=True`` or ``overwrite=True`` (which replaces that
@@ -190,14 +204,16 @@ def run(config: Config | dict | str | Path | None = None, *, model: Any = None, 
         try:
             return _run(config, names, model=model, data=data, codec_up=codec_up, codec_down=codec_down,
                         algorithm=algorithm, run_dir=run_dir, overrides=overrides, resume=resume, overwrite=overwrite,
-                        progress=progress, dataset=dataset, threads=threads, plot=plot, log=log)
+                        progress=progress, dataset=dataset, threads=threads, plot=plot, log=log,
+                        callbacks=callbacks)
         finally:
             names.close()
 
 
 def _run(config: Any, names: _Names, *, model: Any, data: Any, codec_up: Any, codec_down: Any, algorithm: Any,
          run_dir: Any, overrides: Any, resume: bool, overwrite: bool, progress: Any, dataset: Any, threads: int, plot: bool,
-         log: Any) -> Result:
+         log: Any, callbacks: Any = None) -> Result:
+    from fedsqueeze.callbacks import Dispatcher
     from fedsqueeze.data.federated import FederatedData
     from fedsqueeze.data.sources import Dataset
     from fedsqueeze.engine.simulation import Simulation
@@ -228,6 +244,11 @@ def _run(config: Any, names: _Names, *, model: Any, data: Any, codec_up: Any, co
         d["source"] = names.name("dataset", d["source"])
     if "partition" in d and not isinstance(d["partition"], str):
         d["partition"] = names.name("partitioner", d["partition"])
+    t, e = raw.get("train"), raw.get("eval")
+    if isinstance(t, dict) and "loss" in t and callable(t["loss"]):
+        t["loss"] = names.name("loss", t["loss"])
+    if isinstance(e, dict) and isinstance(e.get("metrics"), (list, tuple)):
+        e["metrics"] = [names.name("metric", m) if callable(m) else m for m in e["metrics"]]
     if data is not None:
         if isinstance(data, FederatedData):
             raw.setdefault("data", {}).update(data.config_entries())
@@ -243,10 +264,13 @@ def _run(config: Any, names: _Names, *, model: Any, data: Any, codec_up: Any, co
     _check_rebuildable(cfg, dataset)
     folder = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     rundir.check_target(folder, resume=resume, overwrite=overwrite)  # before anything is loaded or made
+    dispatch = Dispatcher(callbacks)
     torch.set_num_threads(threads)
-    sim = Simulation(cfg, folder, dataset=dataset, progress=progress, log=log)  # validates; creates nothing
+    sim = Simulation(cfg, folder, dataset=dataset, progress=progress, log=log,  # validates; creates nothing
+                     callbacks=[lambda rec: dispatch.round_end(dict(rec))] if dispatch.callbacks else None)
     plot_warnings: list[str] = []
     with rundir.claim(folder, resume=resume, overwrite=overwrite):
+        dispatch.run_start(cfg.to_dict(), folder)
         result = sim.run(resume=resume)
         if plot:
             try:
@@ -256,6 +280,7 @@ def _run(config: Any, names: _Names, *, model: Any, data: Any, codec_up: Any, co
             else:
                 plot_runs([sim.run_dir], sim.run_dir / "accuracy_vs_mb.png", title=cfg.name)
     result.warnings = [*sim.warnings, *plot_warnings]  # type: ignore[attr-defined]
+    dispatch.run_end(result)
     return result
 
 

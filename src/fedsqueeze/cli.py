@@ -38,6 +38,22 @@ def _progress_printer(cfg_rounds: int, console):
     return prog, update
 
 
+def _round_line(cfg_rounds: int):
+    """One plain line per round on stdout (output redirected to a file or a pipe: no progress bar there)."""
+    def line(rec: dict) -> None:
+        acc = rec.get("global_acc")
+        pacc = rec.get("personal_acc")
+        text = f"round {rec['round']}/{cfg_rounds}"
+        text += f"  acc {100 * acc:.2f}%" if acc is not None else ""
+        if acc is None and rec.get("global_loss") is not None:
+            text += f"  loss {rec['global_loss']:.4g}"
+        text += f"  personal {100 * pacc:.2f}%" if pacc is not None else ""
+        text += (f"  up {rec['bytes_up'] / 1e6:.3f} MB  down {rec['bytes_down'] / 1e6:.3f} MB"
+                 f"  {rec['round_s'] + rec.get('eval_s', 0.0):.1f} s")
+        print(text, flush=True)
+    return line
+
+
 def _summary_table(result, console) -> None:
     from rich.table import Table
 
@@ -92,16 +108,27 @@ def cmd_run(args) -> int:
     if run_dir is not None:  # refusals (an existing run, a user's folder, a run in progress) before any output
         from fedsqueeze.engine.rundir import check_target
         check_target(run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+    fedsqueeze.api._check_rebuildable(cfg, None)  # a part that cannot be found: one line, before any output
+    callbacks = []
+    if args.log_to:
+        from fedsqueeze.callbacks import trackers
+        callbacks = trackers(args.log_to)  # a missing package is one line, before the run starts
     console.print(f"[bold]fedsqueeze[/] {cfg.name}: {cfg.algorithm_name} · {cfg.model.name} · {cfg.data.source} "
                   f"({cfg.data.num_clients} clients, {cfg.data.partition}) · up={cfg.codec.up} down={cfg.codec.down}")
     progress = None
     prog = None
     if not args.quiet:
-        prog, progress = _progress_printer(cfg.rounds, console)
-        prog.start()
+        updates = []
+        if console.is_terminal:
+            prog, bar = _progress_printer(cfg.rounds, console)
+            updates.append(bar)
+            prog.start()
+        if not sys.stdout.isatty():
+            updates.append(_round_line(cfg.rounds))
+        progress = (lambda rec: [u(rec) for u in updates]) if updates else None
     try:
         result = fedsqueeze.run(cfg, run_dir=run_dir, resume=bool(args.resume), overwrite=args.overwrite,
-                                progress=progress,
+                                progress=progress, callbacks=callbacks,
                                 log=lambda msg: console.print(f"[dim]{msg}[/]"))
     finally:
         if prog is not None:
@@ -122,6 +149,9 @@ def cmd_compare(args) -> int:
     if not console.is_terminal:  # a log file: room for the whole table
         console = Console(stderr=True, width=200)
     suite = load_suite(args.suite)
+    if args.seeds is not None:
+        from fedsqueeze.compare.suite import parse_seeds
+        suite = suite.with_seeds(parse_seeds(args.seeds, "--seeds"))
     if args.report_only:
         report(suite, Path(args.out) / suite.name, console=console)
         return 0
@@ -130,7 +160,7 @@ def cmd_compare(args) -> int:
         return _progress_printer(cfg.rounds, console) if not args.quiet else (_Quiet(), None)
 
     run_suite(suite, args.out, workers=args.workers, device=args.device, rerun=tuple(args.rerun or ()), only=tuple(args.only or ()),
-              console=console, progress_factory=progress_factory)
+              console=console, progress_factory=progress_factory, jobs=args.jobs)
     return 0
 
 
@@ -179,6 +209,7 @@ def cmd_plot(args) -> int:
 def cmd_list(args) -> int:
     from rich.table import Table
 
+    from fedsqueeze.catalog import CATALOG, PSEUDO_METRICS
     from fedsqueeze.registry import ALL
 
     console = _console()
@@ -187,16 +218,26 @@ def cmd_list(args) -> int:
         if kind not in ALL:
             raise FedsqueezeError(f"unknown kind {kind!r}; choose from {', '.join(ALL)}")
         reg = ALL[kind]
+        known = CATALOG.get(kind, {})  # built-ins: described without importing them (fedsqueeze.catalog)
         t = Table(title=kind, show_header=False, title_justify="left")
         t.add_column("name", style="bold")
         t.add_column("description")
+        if kind == "metrics":
+            for name, desc in PSEUDO_METRICS.items():
+                t.add_row(name, desc)
         for name in reg.names():
-            desc = reg.describe(name)
+            if name in known and isinstance(reg._entries.get(name), str):
+                desc, size = known[name]
+            else:
+                desc, size = reg.describe(name), None
+                if kind == "models":
+                    try:
+                        size = _param_count(name)
+                    except FedsqueezeError:
+                        size = None
             if kind == "models":
-                try:
-                    desc += f" [dim]({_param_count(name):,} parameters on 1x28x28, 10 classes)[/]"
-                except FedsqueezeError:  # a sequence model: its size depends on the vocabulary
-                    desc += " [dim](sequence model: size depends on the vocabulary)[/]"
+                desc += (f" [dim]({size:,} parameters on 1x28x28, 10 classes)[/]" if size is not None
+                         else " [dim](sequence model: size depends on the vocabulary)[/]")
             t.add_row(name, desc)
         console.print(t)
     return 0
@@ -249,7 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--vectorize", action="store_true", help="train a step's clients together (engine.vectorize)")
     r.add_argument("--rounds", type=int, help="number of rounds (shortcut for --set rounds=N)")
     r.add_argument("--device", help="where clients train and models are evaluated: auto (CUDA if available), cpu, cuda, cuda:N, mps" + " (shortcut for --set engine.device=...)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--quiet", action="store_true", help="no progress bar (and no per-round lines)")
+    r.add_argument("--log-to", metavar="TRACKERS",
+                   help="also log every round to experiment trackers: tensorboard, mlflow, wandb (comma-separated; "
+                        "each an extra, e.g. pip install 'fedsqueeze[tensorboard]')")
     r.add_argument("--budget-mb", type=float, metavar="MB",
                    help="keep the whole run (up + down) within MB megabytes: the rdq uplink codec's step is "
                         "chosen per upload to fit (needs codec.up = rdq and a fixed-size downlink)")
@@ -263,10 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("suite", help="suite TOML file, e.g. configs/suites/fmnist-noniid.toml")
     c.add_argument("--out", default="runs/compare", help="where run folders and results go (default runs/compare)")
     c.add_argument("--workers", type=int, help="client worker processes per run (0 = in process)")
+    c.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one torch thread "
+                   "(default 1; results are the same as one at a time)")
     c.add_argument("--device", help="where clients train and models are evaluated: auto (CUDA if available), cpu, cuda, cuda:N, mps" + " for every run (a finished run counts as done on any device)")
-    c.add_argument("--only", action="append", metavar="RUN", help="run only this suite entry (repeatable)")
-    c.add_argument("--rerun", action="append", metavar="RUN", help="discard and redo this entry (repeatable)")
+    c.add_argument("--only", action="append", metavar="RUN", help="run only this suite entry, or ENTRY/seedN with --seeds (repeatable)")
+    c.add_argument("--rerun", action="append", metavar="RUN", help="discard and redo this entry (all its seeds), or ENTRY/seedN (repeatable)")
     c.add_argument("--report-only", action="store_true", help="no runs: table and plots from finished runs")
+    c.add_argument("--seeds", metavar="LIST", help="run every entry once per seed, e.g. 0,1,2 (folders RUN/seedN; "
+                                                    "overrides the suite's seeds = [...]); tables show mean ± 95%% "
+                                                    "t-interval, plots mean curves with min-max bands")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_compare)
 
@@ -286,9 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--title")
     pl.set_defaults(func=cmd_plot)
 
-    ls = sub.add_parser("list", help="list algorithms, codecs, models, datasets and partitioners",
+    ls = sub.add_parser("list", help="list algorithms, codecs, models, datasets, partitioners, losses and metrics",
                         description="What exists, with one-line descriptions.")
-    ls.add_argument("kind", nargs="?", help="algorithms | codecs | models | datasets | partitioners")
+    ls.add_argument("kind", nargs="?", help="algorithms | codecs | models | datasets | partitioners | losses | metrics")
     ls.set_defaults(func=cmd_list)
 
     pr = sub.add_parser("presets", help="list the shipped experiment presets (run one by name)",

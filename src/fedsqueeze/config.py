@@ -75,6 +75,7 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
+    loss: str = "cross_entropy"       # cross_entropy | mse | a name from fedsqueeze.register_loss (metrics/losses.py)
 
 
 @dataclass
@@ -90,6 +91,8 @@ class EvalConfig:
     every: int = 1                    # evaluate the global model every N rounds (and the last round)
     personal_every: int = 10          # evaluate personalised models on every client's held-out split
     batch_size: int = 1000
+    metrics: list = field(default_factory=list)  # [] = accuracy + loss (loss alone for float targets); also
+                                      # top<k>, mae, or names from fedsqueeze.register_metric (metrics/losses.py)
 
 
 FAULT_KINDS = ("nan", "raise", "shape", "scale")  # injectable client faults (fedsqueeze.engine.faults)

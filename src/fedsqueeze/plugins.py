@@ -1,5 +1,5 @@
 """Registering your own parts: ``register_model``, ``register_codec``, ``register_algorithm``,
-``register_dataset``, ``register_partitioner``.
+``register_dataset``, ``register_partitioner``, ``register_loss``, ``register_metric``.
 
 Each works as a decorator, ``@register_model("mynet")``, or as a call, ``register_model("mynet", MyNet)``,
 and returns the object unchanged. A registered name can then be used anywhere a built-in one can: in
@@ -7,7 +7,7 @@ TOML (``[model] name = "mynet"``), with ``--set``, in suites, and in ``fedsqueez
 name twice raises ``RegistryError`` unless ``replace=True``; registering the same object again under
 the same name is a no-op. An installed package can provide names through entry points instead (groups
 ``fedsqueeze.models``, ``fedsqueeze.codecs``, ``fedsqueeze.algorithms``, ``fedsqueeze.datasets``,
-``fedsqueeze.partitioners``); they are loaded on the first lookup of a name that is not registered.
+``fedsqueeze.partitioners``, ``fedsqueeze.losses``, ``fedsqueeze.metrics``); they are loaded on the first lookup of a name that is not registered.
 
 What each kind must be:
 
@@ -19,10 +19,13 @@ What each kind must be:
   must accept and ignore unknown keyword arguments (the engine passes one common set of options).
 - partitioner: a callable ``f(labels, num_clients, *, seed, **params) -> list of index arrays`` that puts
   every training sample in exactly one non-empty client (checked after every call).
+- loss: a function ``loss(outputs, targets) -> scalar tensor``, the mean over the batch (``train.loss``).
+- metric: a function ``metric(outputs, targets) -> number``, the mean over the batch (``eval.metrics``).
 """
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,14 +33,15 @@ from fedsqueeze.errors import RegistryError
 
 T = TypeVar("T")
 
-_KINDS = ("model", "codec", "algorithm", "dataset", "partitioner")
+_KINDS = ("model", "codec", "algorithm", "dataset", "partitioner", "loss", "metric")
 
 
 def _registry(kind: str):
     from fedsqueeze import registry
 
     return {"model": registry.MODELS, "codec": registry.CODECS, "algorithm": registry.ALGORITHMS,
-            "dataset": registry.DATASETS, "partitioner": registry.PARTITIONERS}[kind]
+            "dataset": registry.DATASETS, "partitioner": registry.PARTITIONERS, "loss": registry.LOSSES,
+            "metric": registry.METRICS}[kind]
 
 
 def check_kind(kind: str, name: str, obj: Any) -> None:
@@ -65,6 +69,12 @@ def check_kind(kind: str, name: str, obj: Any) -> None:
         from fedsqueeze.algorithms.base import Algorithm
         if not (inspect.isclass(obj) and issubclass(obj, Algorithm)):
             raise RegistryError(f"{what} needs a fedsqueeze.algorithms.base.Algorithm subclass, got {obj!r}")
+    elif kind in ("loss", "metric"):
+        if not callable(obj) or inspect.isclass(obj):
+            raise RegistryError(f"{what} needs a function {kind}(outputs, targets) -> "
+                                f"{'scalar tensor' if kind == 'loss' else 'number'} (the batch mean), got {obj!r}")
+        if kind == "metric" and (name in ("accuracy", "loss") or re.fullmatch(r"top[0-9]+", name)):
+            raise RegistryError(f"{what}: {name!r} is a built-in metric name; pick another name")
     elif not callable(obj) or inspect.isclass(obj) and kind == "partitioner":
         signature = ("loader(**options) -> Dataset" if kind == "dataset"
                      else "f(labels, num_clients, *, seed, **params) -> list of index arrays")
@@ -109,8 +119,18 @@ def register_partitioner(name: str, partitioner: Callable[..., Any] | None = Non
     return _register("partitioner", name, partitioner, replace=replace)
 
 
+def register_loss(name: str, loss: Callable[..., Any] | None = None, *, replace: bool = False) -> Any:
+    """Register ``loss(outputs, targets) -> scalar tensor`` (the batch mean) as ``train.loss = name``."""
+    return _register("loss", name, loss, replace=replace)
+
+
+def register_metric(name: str, metric: Callable[..., Any] | None = None, *, replace: bool = False) -> Any:
+    """Register ``metric(outputs, targets) -> number`` (the batch mean) for ``eval.metrics = [name]``."""
+    return _register("metric", name, metric, replace=replace)
+
+
 def unregister(kind: str, name: str) -> None:
-    """Remove a registered name (``kind``: model, codec, algorithm, dataset or partitioner)."""
+    """Remove a registered name (``kind``: model, codec, algorithm, dataset, partitioner, loss or metric)."""
     if kind not in _KINDS:
         raise RegistryError(f"unknown kind {kind!r}; choose from {', '.join(_KINDS)}")
     _registry(kind).unregister(name)

@@ -2,9 +2,10 @@
 
 Built-in parts are listed below as ``"module:attribute"`` strings. Users add their own with the public
 ``fedsqueeze.register_model`` / ``register_codec`` / ``register_algorithm`` / ``register_dataset`` /
-``register_partitioner`` (see ``fedsqueeze.plugins``); installed packages add theirs through entry points
-(groups ``fedsqueeze.models``, ``fedsqueeze.codecs``, ``fedsqueeze.algorithms``, ``fedsqueeze.datasets``,
-``fedsqueeze.partitioners``), read on the first lookup of a name that is not registered. A name of the
+``register_partitioner`` / ``register_loss`` / ``register_metric`` (see ``fedsqueeze.plugins``); installed
+packages add theirs through entry points (groups ``fedsqueeze.models``, ``fedsqueeze.codecs``,
+``fedsqueeze.algorithms``, ``fedsqueeze.datasets``, ``fedsqueeze.partitioners``, ``fedsqueeze.losses``,
+``fedsqueeze.metrics``), read on the first lookup of a name that is not registered. A name of the
 form ``"package.module:QualName"`` is imported directly, so a config can point at an importable class
 without registering it. The ``Registry`` objects themselves are internal.
 """
@@ -158,7 +159,7 @@ class Registry:
 
 
 _SINGULAR = {"codec": "codec", "algorithm": "algorithm", "model": "model", "dataset": "dataset",
-             "partitioner": "partitioner"}
+             "partitioner": "partitioner", "loss": "loss", "metric": "metric"}
 
 
 def _describe(obj: Any) -> str:
@@ -195,6 +196,8 @@ ALGORITHMS = Registry("algorithm", group="fedsqueeze.algorithms", entries={
     "quped": "fedsqueeze.algorithms.quped:QuPeD",
     "local_quant": "fedsqueeze.algorithms.quped:LocalQuant",
     "fedavg_ft": "fedsqueeze.algorithms.fedavg_ft:FedAvgFT",
+    "pfedme": "fedsqueeze.algorithms.pfedme:PFedMe",
+    "perfedavg": "fedsqueeze.algorithms.perfedavg:PerFedAvg",
     "feddkd": "fedsqueeze.algorithms.feddkd:FedDKD",
     "fedkd": "fedsqueeze.algorithms.fedkd:FedKD",
 })
@@ -227,5 +230,16 @@ PARTITIONERS = Registry("partitioner", group="fedsqueeze.partitioners", entries=
     "natural": "fedsqueeze.data.partition:natural",
 })
 
+# task losses (train.loss) and evaluation metrics (eval.metrics; also accuracy, loss and top<k>):
+# fedsqueeze.metrics.losses
+LOSSES = Registry("loss", group="fedsqueeze.losses", entries={
+    "cross_entropy": "fedsqueeze.metrics.losses:cross_entropy",
+    "mse": "fedsqueeze.metrics.losses:mse",
+})
+
+METRICS = Registry("metric", group="fedsqueeze.metrics", entries={
+    "mae": "fedsqueeze.metrics.losses:mae",
+})
+
 ALL = {"algorithms": ALGORITHMS, "codecs": CODECS, "models": MODELS,
-       "datasets": DATASETS, "partitioners": PARTITIONERS}
+       "datasets": DATASETS, "partitioners": PARTITIONERS, "losses": LOSSES, "metrics": METRICS}

@@ -86,6 +86,8 @@ class Setup:
     codec_up: Any = "fp32"
     codec_down: Any = "fp32"
     seed: int = 0
+    downlink: str = "broadcast"  # codec.downlink: "broadcast" (one payload for all) | "delta" (per client)
+    loss: str = "cross_entropy"  # train.loss: the task loss (clients get it as ``ClientContext.loss``)
 
 
 class Algorithm(ABC):
@@ -179,6 +181,13 @@ class Algorithm(ABC):
     def personal_model(self, state: dict, client_state: dict | None) -> tuple[str, Tensors] | None:
         """(model slot, weights) of a client's personalised model; default: the global model."""
         return self.global_model(state)
+
+    # personal models that are adapted to a client's data at evaluation time (Per-FedAvg's one step)
+    adapts: ClassVar[bool] = False
+
+    def adapt(self, model: nn.Module, data: Any) -> None:
+        """With ``adapts = True``: turn ``model`` (holding ``personal_model``'s weights) into the client's
+        personal model in place, given its ``ClientData``; the engine evaluates it right after."""
 
     def client_profile(self, client: int, client_state: dict | None) -> dict[str, Any]:
         """Facts about a client's personalised model for reports (``fedsqueeze personal``), e.g.

@@ -1,4 +1,5 @@
-"""What a client update gets to work with: its data, reusable models and the training recipe."""
+"""What a client update gets to work with: its data, reusable models, the training recipe and the task
+loss (``ClientContext.loss``: ``train.loss``, the one entry point every algorithm trains its task term with)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -81,6 +82,14 @@ class ClientContext:
             xb = self.data.x[idx]
             yield (xb if augment is None else augment(xb, g)), self.data.y[idx]
 
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The configured task loss (``train.loss``; cross-entropy by default) of a batch: its mean."""
+        fn = self.__dict__.get("_loss_fn")
+        if fn is None:
+            from fedsqueeze.metrics.losses import get_loss
+            fn = self._loss_fn = get_loss(getattr(self.train, "loss", "cross_entropy"))
+        return fn(outputs, targets)
+
     def optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
         tr = self.train
         lr = tr.lr if lr is None else lr
@@ -100,7 +109,7 @@ def train_locally(model: nn.Module, ctx: ClientContext,
     total, steps = 0.0, 0
     for xb, yb in ctx.batches():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, xb, yb) if loss_fn else nn.functional.cross_entropy(model(xb), yb)
+        loss = loss_fn(model, xb, yb) if loss_fn else ctx.loss(model(xb), yb)
         loss.backward()
         if after_backward is not None:
             after_backward()

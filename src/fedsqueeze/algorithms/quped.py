@@ -216,13 +216,13 @@ class QuPeD(FedAvg):
         for xb, yb in ctx.batches():
             lam = quant.lam(steps // per_epoch)
             if w_model is None:
-                x_loss, _ = quant.step(x_model, opt_x, xb, lambda z: F.cross_entropy(z, yb), lam)
+                x_loss, _ = quant.step(x_model, opt_x, xb, lambda z: ctx.loss(z, yb), lam)
             else:
                 with torch.no_grad():
                     t_w = w_model(xb)
-                x_loss, t_x = quant.step(x_model, opt_x, xb, lambda z: self._objective(z, yb, t_w, p.lambda_p), lam)
+                x_loss, t_x = quant.step(x_model, opt_x, xb, lambda z: self._objective(z, yb, t_w, p.lambda_p, ctx.loss), lam)
                 opt_w.zero_grad(set_to_none=True)
-                w_loss = self._objective(w_model(xb), yb, t_x, p.lambda_w)
+                w_loss = self._objective(w_model(xb), yb, t_x, p.lambda_w, ctx.loss)
                 w_loss.backward()
                 opt_w.step()
                 w_total += float(w_loss.detach())
@@ -230,10 +230,11 @@ class QuPeD(FedAvg):
             steps, n = steps + 1, n + 1
         return x_total / max(n, 1), w_total / max(n, 1), steps
 
-    def _objective(self, logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor, weight: float) -> torch.Tensor:
-        """(1 − weight)·CE + weight·KD(student ← teacher)."""
+    def _objective(self, logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor, weight: float,
+                   task=F.cross_entropy) -> torch.Tensor:
+        """(1 − weight)·task loss (CE, or the run's ``train.loss``) + weight·KD(student ← teacher)."""
         kd = kd_loss(logits, teacher, self.p.temperature, self.p.teacher_only_temperature) if weight else 0.0
-        return (1 - weight) * F.cross_entropy(logits, y) + weight * kd
+        return (1 - weight) * task(logits, y) + weight * kd
 
     # ---- evaluation --------------------------------------------------------------------------------
     def global_model(self, state: dict):

@@ -127,8 +127,10 @@ class PrunedScorer:
     """Validation (accuracy, mean cross-entropy) of a model with the unkept channels zeroed; only the
     tensors pruning touches are rewritten between calls."""
 
-    def __init__(self, model: nn.Module, weights: Tensors, groups, x: torch.Tensor, y: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, weights: Tensors, groups, x: torch.Tensor, y: torch.Tensor,
+                 loss=None) -> None:
         self.model, self.weights, self.groups, self.x, self.y = model, weights, groups, x, y
+        self.loss = loss or nn.functional.cross_entropy  # the run's train.loss (ClientContext.loss)
         load_float_state(model, weights)
         model.eval()
         live = {**dict(model.named_parameters()), **dict(model.named_buffers())}
@@ -143,7 +145,7 @@ class PrunedScorer:
             if not len(self.y):
                 return 0.0, 0.0
             logits = torch.cat([self.model(self.x[i:i + 512]) for i in range(0, len(self.y), 512)])
-        loss = nn.functional.cross_entropy(logits, self.y).item()
+        loss = self.loss(logits, self.y).item()
         return float((logits.argmax(1) == self.y).float().mean()), loss
 
 
@@ -193,7 +195,8 @@ class SPATL(FedPer):
 
         groups = channel_groups(model)
         costs = self._cost_models(model, groups, encoder)
-        score = PrunedScorer(model, weights, groups, ctx.data.x[val_idx], ctx.data.y[val_idx])
+        score = PrunedScorer(model, weights, groups, ctx.data.x[val_idx], ctx.data.y[val_idx],
+                             loss=ctx.loss)
         problem = SelectionProblem(groups, weights, score, costs[self.p.target], self.p.budget,
                                    self.p.min_ratio, self.p.step)
         keep = SELECTORS[self.p.selector](problem) if groups else {}

@@ -27,6 +27,10 @@ def cmd_bench_codecs(args) -> int:
     from fedsqueeze.bench.capture import capture_updates
 
     console = Console(width=160)
+    if getattr(args, "speed", False):
+        from fedsqueeze.bench import codec_speed
+
+        return codec_speed.main(console, args.speed_params, args.repeats)
     out = Path(args.out)
     wanted = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else None
 
@@ -75,6 +79,9 @@ def add_parser(sub) -> None:
     bc.add_argument("--dim", type=int, default=1_000_000, help="Laplace vector length")
     bc.add_argument("--repeats", type=int, default=5)
     bc.add_argument("--out", default="runs/bench-codecs")
+    bc.add_argument("--speed", action="store_true",
+                    help="only the entropy coders' encode/decode MB/s on one big Gaussian tensor (rdq ans, ctx, gamma)")
+    bc.add_argument("--speed-params", type=int, default=10_000_000, help="parameters of the --speed tensor")
     bc.set_defaults(func=cmd_bench_codecs)
     bf = bsub.add_parser("fuzz", help="hostile payloads against the decoders: only our own errors allowed",
                          description="Mutated payloads of every codec (truncation, bit flips, random bytes, frame "

@@ -8,6 +8,7 @@
     baselines = ["fedavg-fp32"]           # target = best final accuracy of these − 1 point ...
     target = 0.80                         # ... unless a target accuracy is given
     network = ["lte", "iot"]              # profiles for simulated time (names or tables)
+    seeds = [0, 1, 2]                     # optional: every run once per seed (OUT/<suite>/<run>/seed<N>/)
     [base_set]                            # optional dotted overrides of the base for every run
     "eval.every" = 2
     [[run]]
@@ -28,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from fedsqueeze.compare.network import NetworkProfile, parse_profiles
-from fedsqueeze.config import Config, check_name, from_dict
+from fedsqueeze.config import NAME_MAX, Config, check_name, from_dict
 from fedsqueeze.errors import ConfigError
 
 # keys that define the federation: runs may not change them
 FEDERATION_KEYS = ("data", "seed", "rounds", "train.clients_per_round", "train.client_fraction")
-_SUITE_KEYS = {"name", "base", "baseline", "baselines", "target", "network", "base_set", "run", "description"}
+_SUITE_KEYS = {"name", "base", "baseline", "baselines", "target", "network", "base_set", "run", "description", "seeds"}
+SEEDS_MAX = 100
 _RUN_KEYS = {"name", "set", "algorithm", "budget_mb", "label"}
 
 
@@ -55,6 +57,29 @@ class Suite:
     target: float | None
     networks: list[NetworkProfile] = field(default_factory=list)
     description: str = ""
+    seeds: list[int] = field(default_factory=list)   # empty: each run once, with the base's seed
+
+    def with_seeds(self, seeds: list[int]) -> Suite:
+        """The suite with its runs repeated over ``seeds`` (as ``--seeds`` sets them)."""
+        return Suite(self.name, self.path, self.runs, self.baseline, self.baselines, self.target, self.networks,
+                     self.description, list(seeds))
+
+    def jobs(self) -> list[tuple[str, RunSpec, str]]:
+        """``(key, spec, folder)`` for every run to make: one per entry (key and folder the entry's name)
+        without seeds; with seeds one per entry and seed, key and folder ``<entry>/seed<N>``, the
+        config's seed replaced (so each seed is its own draw of the federation, shared by all entries)."""
+        if not self.seeds:
+            return [(r.name, r, r.name) for r in self.runs]
+        out = []
+        for r in self.runs:
+            for seed in self.seeds:
+                raw = r.config.to_dict()
+                raw["seed"] = seed
+                if len(raw["name"]) + len(f"-seed{seed}") <= NAME_MAX:  # else the entry's name alone
+                    raw["name"] = f"{raw['name']}-seed{seed}"
+                key = f"{r.name}/seed{seed}"
+                out.append((key, RunSpec(r.name, from_dict(raw), r.label, r.budget_mb), key))
+        return out
 
     def run(self, name: str) -> RunSpec:
         for r in self.runs:
@@ -82,6 +107,23 @@ def _get_dotted(raw: dict, key: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
+    """Seeds from a list of integers or a comma-separated string (``"0,1,2"``): distinct, >= 0."""
+    fix = "give distinct integers >= 0, e.g. seeds = [0, 1, 2] (or --seeds 0,1,2)"
+    if isinstance(value, str):
+        try:
+            value = [int(x) for x in value.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not a comma-separated list of integers; {fix}") from None
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where} must be a non-empty list; {fix}")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
+        raise ConfigError(f"{where}: {value!r} has an entry that is not an integer >= 0; {fix}")
+    if len(set(value)) != len(value) or len(value) > SEEDS_MAX:
+        raise ConfigError(f"{where}: seeds must be distinct and at most {SEEDS_MAX}; {fix}")
+    return list(value)
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -158,5 +200,6 @@ def load_suite(path: str | Path) -> Suite:
     if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1):
         raise ConfigError(f"{path}: target must be an accuracy in (0, 1], e.g. target = 0.8")
     networks = parse_profiles(raw.get("network", ["lte"]), where=str(path))
+    seeds = parse_seeds(raw["seeds"], f"{path}: suite key 'seeds'") if "seeds" in raw else []
     return Suite(suite_name, path, runs, baseline, list(baselines),
-                 float(target) if target is not None else None, networks, str(raw.get("description", "")))
+                 float(target) if target is not None else None, networks, str(raw.get("description", "")), seeds)

@@ -4,6 +4,11 @@
 bytes (from the ledger, up + down), round number, measured wall-clock and simulated time per
 network profile. ``x_fewer_bytes`` = the baseline's MB to target / this run's (> 1 = fewer bytes).
 Runs without a global model (personalised-only methods) have no "to target" figures.
+
+With several seeds (``seed_rows``) every entry gets one row: each figure's mean over its seeds ±
+the half-width of the 95% Student-t interval (``fedsqueeze.compare.stats``); figures "to target"
+over the seeds that reached it, with how many did (``reached_target`` of ``n_seeds``); "× fewer
+bytes" per seed against the baseline's run with the same seed (the same federation), then averaged.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsqueeze.compare.network import NetworkProfile, round_times
+from fedsqueeze.compare.stats import mean_ci95
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.metrics.results import _spec_text
 
@@ -103,6 +109,51 @@ def target_of(runs: dict[str, RunData], baselines: list[str], target: float | No
     return max(finals)[0] - 0.01
 
 
+def target_of_seeds(groups: dict[str, dict[int, RunData]], baselines: list[str], target: float | None) -> float:
+    """The given target, else the best of the baselines' mean final accuracies over seeds − 1 point."""
+    if target is not None:
+        return target
+    means = [mean_ci95([r.final_acc for r in groups[b].values()])[0] for b in baselines if b in groups]
+    means = [m for m in means if m is not None]
+    if not means:
+        raise ConfigError("no baseline run has a global accuracy to derive the target from; "
+                          "set target = <accuracy> in the suite")
+    return max(means) - 0.01
+
+
+# figures summarised over seeds as mean ± 95% t half-interval (the "to target" ones over the seeds that reached it)
+SEED_FIGURES = ("final_acc", "best_acc", "personal_acc", "mb_total", "mb_to_target", "x_fewer_bytes",
+                "rounds_to_target", "wall_s_to_target")
+
+
+def seed_rows(groups: dict[str, dict[int, RunData]], *, baseline: str, target: float,
+              networks: list[NetworkProfile]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(per-seed rows, one summary row per entry)`` for ``groups = {entry: {seed: run}}``. A per-seed
+    row is a ``rows`` row (``run`` = ``entry/seedN``) plus ``entry`` and ``seed``; a summary row has
+    ``<figure>_mean`` and ``<figure>_ci95`` (the half-width; None with one value) per figure."""
+    seeds = sorted({s for g in groups.values() for s in g})
+    by_seed: dict[tuple[str, int], dict[str, Any]] = {}
+    for seed in seeds:
+        runs = {f"{name}/seed{seed}": g[seed] for name, g in groups.items() if seed in g}
+        for name, row in zip([n for n, g in groups.items() if seed in g],
+                             rows(runs, baseline=f"{baseline}/seed{seed}", target=target, networks=networks)):
+            by_seed[(name, seed)] = {"entry": name, "seed": seed, **row}
+    figures = list(SEED_FIGURES) + [f"sim_s_to_target[{p.name}]" for p in networks]
+    per_seed, summary = [], []
+    for name, group in groups.items():
+        mine = [by_seed[(name, s)] for s in sorted(group)]
+        per_seed += mine
+        first = mine[0]
+        row: dict[str, Any] = {k: first[k] for k in ("label", "algorithm", "model", "codec_up", "codec_down")}
+        row = {"run": name, **row, "seeds": " ".join(str(r["seed"]) for r in mine), "n_seeds": len(mine),
+               "reached_target": sum(r["mb_to_target"] is not None for r in mine), "target": target,
+               "budget_mb": first["budget_mb"]}
+        for key in figures:
+            row[f"{key}_mean"], row[f"{key}_ci95"] = mean_ci95([r[key] for r in mine if r[key] is not None])
+        summary.append(row)
+    return per_seed, summary
+
+
 def rows(runs: dict[str, RunData], *, baseline: str, target: float,
          networks: list[NetworkProfile]) -> list[dict[str, Any]]:
     out = []
@@ -171,8 +222,60 @@ def display_rows(table: list[dict[str, Any]], networks: list[NetworkProfile]) ->
     return head, body
 
 
+def _pm(m: Any, h: Any, fmt: Any, unit: str = "") -> str:
+    """``mean ± half-width`` (both written as ``fmt(value, mean)`` writes them: the mean picks the precision
+    or time unit); the mean alone without an interval; — without a mean."""
+    if m is None:
+        return "—"
+    return f"{fmt(m, m)}{unit}" if h is None else f"{fmt(m, m)} ± {fmt(h, m)}{unit}"
+
+
+def _num(v: float, ref: float) -> str:
+    return f"{v:.1f}"
+
+
+def _pct_num(v: float, ref: float) -> str:
+    return f"{100 * v:.2f}"
+
+
+def _mb_as(v: float, ref: float) -> str:
+    return f"{v:,.1f}" if ref >= 10 else f"{v:.3f}"
+
+
+def _pm_time(m: Any, h: Any) -> str:
+    """``mean ± half-width unit``, the unit (s, min, h) chosen by the mean."""
+    if m is None:
+        return "—"
+    div, unit, digits = (1, "s", 0) if m < 120 else ((60, "min", 1) if m < 7200 else (3600, "h", 1))
+    return f"{m / div:.{digits}f} {unit}" if h is None else f"{m / div:.{digits}f} ± {h / div:.{digits}f} {unit}"
+
+
+def seed_display_rows(table: list[dict[str, Any]],
+                      networks: list[NetworkProfile]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the seeds table: mean ± 95% t half-interval per figure."""
+    head = ["run", "codec up / down", "seeds", "final acc", "personal acc", "MB total", "MB to target", "reached",
+            "× fewer bytes", "rounds to target"] + [f"time to target ({p.name})" for p in networks]
+    body = []
+    for r in table:
+        codecs = f"{r['codec_up']} / {r['codec_down']}"
+        if r["budget_mb"]:
+            codecs += f" (budget {r['budget_mb']:g} MB)"
+
+        def pm(key, fmt, unit=""):
+            return _pm(r[f"{key}_mean"], r[f"{key}_ci95"], fmt, unit)
+        body.append([r["run"], codecs, str(r["n_seeds"]), pm("final_acc", _pct_num, "%"), pm("personal_acc", _pct_num, "%"),
+                     pm("mb_total", _mb_as), pm("mb_to_target", _mb_as), f"{r['reached_target']}/{r['n_seeds']}",
+                     pm("x_fewer_bytes", _num, "×"), pm("rounds_to_target", _num)]
+                    + [_pm_time(r[f"sim_s_to_target[{p.name}]_mean"], r[f"sim_s_to_target[{p.name}]_ci95"]) for p in networks])
+    return head, body
+
+
+def _display(table: list[dict[str, Any]], networks: list[NetworkProfile]) -> tuple[list[str], list[list[str]]]:
+    return (seed_display_rows if table and "n_seeds" in table[0] else display_rows)(table, networks)
+
+
 def markdown(table: list[dict[str, Any]], networks: list[NetworkProfile]) -> str:
-    head, body = display_rows(table, networks)
+    head, body = _display(table, networks)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
     return "\n".join(lines) + "\n"
@@ -189,7 +292,7 @@ def write_csv(table: list[dict[str, Any]], path: Path) -> None:
 def print_table(table: list[dict[str, Any]], networks: list[NetworkProfile], console: Any, title: str) -> None:
     from rich.table import Table
 
-    head, body = display_rows(table, networks)
+    head, body = _display(table, networks)
     t = Table(title=title)
     for i, h in enumerate(head):
         t.add_column(h, justify="left" if i < 2 else "right")

@@ -7,7 +7,11 @@ partitioner (``partitioner="dirichlet", alpha=0.3``) or by explicit per-client i
 
 Rules, each checked with a one-line :class:`~fedsqueeze.errors.DataError`:
 
-- inputs and labels have the same length; labels are integer class ids ``>= 0`` (1-D);
+- inputs and labels have the same length; labels are integer class ids ``>= 0`` (1-D), or with
+  ``task="regression"`` float targets ((N,) or (N, k); ``train.loss = "mse"``; the model gets
+  ``num_classes`` = k outputs, 1 for 1-D targets). Float targets are split with ``partitioner="iid"``, explicit ``clients=`` or your own
+  partitioner (the label-based ones have no classes to split by); ``metrics.losses.check_task`` refuses a
+  loss or metric that does not fit the targets;
 - explicit client index arrays are 1-D integer arrays, non-empty, inside ``0..len(train)-1``, and
   **disjoint**: a sample shared by two clients is an error, because per-client sample counts weight the
   aggregation and the label statistics, and a duplicated sample would silently count twice. Samples in
@@ -41,7 +45,7 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
         raise DataError(f"{what} must be a tensor or array, got {type(value).__name__}: {e}") from None
 
 
-def _xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _xy(data: Any, what: str, regression: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, labels) from a TensorDataset, an (x, y) pair, or any map-style torch Dataset of (x, y)."""
     from torch.utils.data import Dataset as TorchDataset, TensorDataset
 
@@ -61,7 +65,8 @@ def _xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
             raise DataError(f"{what}: dataset items must be (input, label) pairs, got {type(items[0]).__name__}")
         try:
             x = torch.stack([_as_tensor(it[0], what) for it in items])
-            y = torch.as_tensor([int(it[1]) if not isinstance(it[1], float) else it[1] for it in items])
+            y = (torch.stack([_as_tensor(it[1], what).to(torch.float32) for it in items]) if regression
+                 else torch.as_tensor([int(it[1]) if not isinstance(it[1], float) else it[1] for it in items]))
         except (TypeError, RuntimeError) as e:
             raise DataError(f"{what}: cannot stack the dataset's items into tensors: {e}") from None
     else:
@@ -70,22 +75,43 @@ def _xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = _as_tensor(x, f"{what} inputs"), _as_tensor(y, f"{what} labels")
     if x.ndim < 2:
         raise DataError(f"{what} inputs must have shape (N, ...) with one row per sample, got shape {tuple(x.shape)}")
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise DataError(f"{what} labels must be 1-D class ids, got shape {tuple(y.shape)} "
-                        "(one-hot targets: pass y.argmax(1))")
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+    if y.dtype.is_complex or y.dtype == torch.bool:
         raise DataError(f"{what} labels must be integer class ids, got dtype {y.dtype}")
     if len(x) != len(y):
         raise DataError(f"{what}: {len(x)} inputs but {len(y)} labels; they must have the same length")
     if len(y) == 0:
         raise DataError(f"{what} is empty")
-    if int(y.min()) < 0:
-        raise DataError(f"{what} labels must be non-negative class ids, found {int(y.min())}")
     if x.dtype.is_floating_point:
         x = x.to(torch.float32)
+    if regression:  # float targets, (N,) or (N, k)
+        if y.ndim not in (1, 2):
+            raise DataError(f"{what} float targets must have shape (N,) or (N, k), got {tuple(y.shape)}")
+        if not bool(torch.isfinite(y).all()):
+            raise DataError(f"{what} targets hold NaN or Inf; clean them first")
+        return x.contiguous(), y.to(torch.float32).contiguous()
+    if y.dtype.is_floating_point:
+        raise DataError(f"{what} labels must be integer class ids, got dtype {y.dtype}; for float regression "
+                        "targets pass task=\"regression\" (and train.loss = \"mse\")")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{what} labels must be 1-D class ids, got shape {tuple(y.shape)} "
+                        "(one-hot targets: pass y.argmax(1); regression targets: task=\"regression\")")
+    if int(y.min()) < 0:
+        raise DataError(f"{what} labels must be non-negative class ids, found {int(y.min())}")
     return x.contiguous(), y.to(torch.int64).contiguous()
+
+
+LABEL_PARTITIONERS = ("dirichlet", "shards", "natural")  # built-ins that split by class label
+
+
+def partition_labels(dataset: Dataset) -> tuple[np.ndarray, int]:
+    """(labels, num_classes) for partitioners and partition statistics: the class ids, or for float
+    (regression) targets one class 0 for every sample."""
+    y = dataset.y_train
+    if y.dtype.is_floating_point:
+        return np.zeros(len(y), np.int64), 1
+    return y.numpy(), dataset.num_classes
 
 
 def _index_lists(parts: Any, n: int, what: str) -> list[np.ndarray]:
@@ -131,21 +157,38 @@ class FederatedData(Dataset):
     name, default ``"iid"``) with ``num_clients`` and the partitioner's options (``alpha=0.3``,
     ``shards_per_client=2``, ...). ``holdout_fraction`` (default: the config's ``data.holdout_fraction``)
     applies when ``holdout`` is not given. ``num_classes`` defaults to the largest label + 1.
+    ``task="regression"``: the targets are float values (``train.loss = "mse"``), not class labels.
     """
 
     def __init__(self, train: Any, *, test: Any = None, clients: Sequence[Any] | None = None,
                  holdout: Sequence[Any] | None = None, partitioner: str | None = None,
                  num_clients: int | None = None, holdout_fraction: float | None = None,
-                 num_classes: int | None = None, name: str = "own", **partition_options: Any) -> None:
-        x, y = _xy(train, "train")
+                 num_classes: int | None = None, name: str = "own", task: str = "classification",
+                 **partition_options: Any) -> None:
+        if task not in ("classification", "regression"):
+            raise DataError(f"task must be \"classification\" (integer class labels) or \"regression\" (float "
+                            f"targets), got {task!r}")
+        x, y = _xy(train, "train", task == "regression")
         if test is not None:
-            xt, yt = _xy(test, "test")
+            xt, yt = _xy(test, "test", task == "regression")
             if tuple(xt.shape[1:]) != tuple(x.shape[1:]):
                 raise DataError(f"test inputs have shape {tuple(xt.shape[1:])} per sample, train inputs "
                                 f"{tuple(x.shape[1:])}; they must match")
+            if yt.dtype != y.dtype or tuple(yt.shape[1:]) != tuple(y.shape[1:]):
+                raise DataError(f"test targets are {yt.dtype} {tuple(yt.shape[1:])} per sample, train targets "
+                                f"{y.dtype} {tuple(y.shape[1:])}; they must match (both class ids or both floats)")
         else:
             xt, yt = x[:0], y[:0]
-        top = int(max(y.max(), yt.max() if len(yt) else 0)) + 1
+        if y.dtype.is_floating_point:  # regression: num_classes = the model's output width
+            top = 1 if y.ndim == 1 else int(y.shape[1])
+            if num_classes is not None and num_classes != top:
+                raise DataError(f"num_classes = {num_classes!r} but the float targets have {top} column(s); "
+                                "leave num_classes out for regression targets")
+            num_classes = top
+            if partitioner in LABEL_PARTITIONERS:
+                raise DataError(f"partitioner {partitioner!r} splits by class label, but the targets are floats "
+                                "(regression); use partitioner=\"iid\", explicit clients=, or your own partitioner")
+        top = int(max(y.max(), yt.max() if len(yt) else 0)) + 1 if not y.dtype.is_floating_point else num_classes
         if num_classes is None:
             num_classes = top
         elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < top:
@@ -247,6 +290,6 @@ class FederatedData(Dataset):
             return _split_holdout(list(self.clients), float(frac), numpy_rng(seed, "partition", "holdout"))
         frac = self.holdout_fraction if self.holdout_fraction is not None else holdout_fraction
         n = self.num_clients if self.num_clients is not None else num_clients
-        labels = self.y_train.numpy()
+        labels, _ = partition_labels(self)
         return make_partition(self.partitioner, labels, n, seed=seed, holdout_fraction=frac,
                               **self.partition_options)

@@ -1,5 +1,6 @@
-"""What the engine measures of a run's models: the global model on the test set, and each client's
-personalised model on that client's held-out split."""
+"""What the engine measures of a run's models: the global model on the test set (accuracy, loss and the
+configured ``eval.metrics``), and each client's personalised model on that client's held-out split
+(accuracy; skipped for float targets)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -7,20 +8,45 @@ from typing import Any
 
 import torch
 
-from fedsqueeze.metrics.evaluate import evaluate
+from fedsqueeze.metrics.evaluate import evaluate, evaluate_metrics
+
+
+def _loss_name(runtime: Any) -> str:
+    cfg = getattr(runtime, "cfg", None)
+    return getattr(cfg.train, "loss", "cross_entropy") if cfg is not None else "cross_entropy"
 
 
 def global_accuracy(runtime: Any, algo: Any, server_state: Any, dataset: Any,
                     bs: int) -> tuple[float | None, float | None]:
     """(accuracy, mean loss) of the algorithm's global model on the test set; (None, None) without one."""
+    rec = global_metrics(runtime, algo, server_state, dataset, bs, ["accuracy", "loss"])
+    return rec["global_acc"], rec["global_loss"]
+
+
+def global_metrics(runtime: Any, algo: Any, server_state: Any, dataset: Any, bs: int,
+                   names: list[str]) -> dict[str, Any]:
+    """The global model's metrics on the test set as record entries: ``global_acc`` and ``global_loss``
+    (always present; accuracy None unless asked for) and ``global_<name>`` for every other metric. All None
+    without a global model or a test set."""
+    keys = {"accuracy": "global_acc", "loss": "global_loss"}
+    rec: dict[str, Any] = {"global_acc": None, "global_loss": None}
+    rec.update({f"global_{m}": None for m in names if m not in keys})
     gm = algo.global_model(server_state)
     if gm is None or len(dataset.y_test) == 0:
-        return None, None
+        return rec
     model = runtime.module(gm[0])
     model.load_state_dict(gm[1], strict=False)
     data = getattr(runtime, "dataset", dataset)  # the runtime's copy lives on its device
-    correct, loss, n = evaluate(model, data.x_test, data.y_test, bs)
-    return correct / n, loss / n
+    loss = _loss_name(runtime)
+    if set(names) <= set(keys):  # the usual case: one pass for accuracy and loss
+        correct, total, n = evaluate(model, data.x_test, data.y_test, bs, loss)
+        rec["global_acc"] = correct / n if "accuracy" in names else None
+        rec["global_loss"] = total / n
+        return rec
+    values = evaluate_metrics(model, data.x_test, data.y_test, names, bs, loss)
+    for m, v in values.items():
+        rec[keys.get(m, f"global_{m}")] = v
+    return rec
 
 
 def personal_accuracies(runtime: Any, algo: Any, server_state: Any, store: Any, partition: Any, dataset: Any,
@@ -29,6 +55,8 @@ def personal_accuracies(runtime: Any, algo: Any, server_state: Any, store: Any, 
     Yields nothing when the algorithm has no personalised (or global) model."""
     loaded = None
     dataset = getattr(runtime, "dataset", dataset)  # the runtime's copy lives on its device
+    if dataset.y_train.dtype.is_floating_point:  # float targets (regression): no accuracy to report
+        return
     device = dataset.x_train.device
     for c in range(num_clients):
         ho = partition.holdout[c]
@@ -43,8 +71,11 @@ def personal_accuracies(runtime: Any, algo: Any, server_state: Any, store: Any, 
         if loaded is not pm[1]:  # clients sharing one model (e.g. the global one) load it once
             model.load_state_dict(pm[1], strict=False)
             loaded = pm[1]
+        if getattr(algo, "adapts", False):  # e.g. Per-FedAvg: one step on the client's data, then evaluate
+            algo.adapt(model, runtime.client_data(c))
+            loaded = None
         idx = torch.from_numpy(ho).to(device)
-        correct, _, n = evaluate(model, dataset.x_train[idx], dataset.y_train[idx], bs)
+        correct, _, n = evaluate(model, dataset.x_train[idx], dataset.y_train[idx], bs, _loss_name(runtime))
         yield c, correct, n, algo.client_profile(c, client_state)
 
 

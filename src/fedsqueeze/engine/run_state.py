@@ -55,7 +55,8 @@ class RunState:
         # atomic: `run --resume` reads config.json, even after a crash before the first checkpoint
         atomic_write_bytes(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=1).encode())
         atomic_write_bytes(self.run_dir / "config.toml", to_toml(self.cfg.to_dict()).encode())
-        stats = self.partition.stats(self.dataset.y_train.numpy(), self.dataset.num_classes)
+        from fedsqueeze.data.federated import partition_labels
+        stats = self.partition.stats(*partition_labels(self.dataset))  # float targets: one class
         (self.run_dir / "partition.json").write_text(json.dumps(stats))
         self.log(describe(stats))
         self.writer.rewrite_rounds([])

@@ -32,8 +32,10 @@ from fedsqueeze.seeding import derive_seed
 def build_algorithm(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Algorithm:
     setup = Setup(model_name=cfg.model.name, model_options=dict(cfg.model.options),
                   input_shape=tuple(input_shape), num_classes=num_classes, rounds=cfg.rounds,
-                  codec_up=cfg.codec.up, codec_down=cfg.codec.down, seed=cfg.seed)
-    return ALGORITHMS.get(cfg.algorithm_name).from_config(cfg.algorithm_params, setup)
+                  codec_up=cfg.codec.up, codec_down=cfg.codec.down, seed=cfg.seed, downlink=cfg.codec.downlink,
+                  loss=cfg.train.loss)
+    from fedsqueeze.algorithms import step_vote  # rdq(step="vote") on the uplink: the clients' step vote
+    return step_vote.wrap(ALGORITHMS.get(cfg.algorithm_name).from_config(cfg.algorithm_params, setup))
 
 
 def payload_seed(run_seed: int, direction: str, rnd: int, step: int, client: int, kind: str) -> int:

@@ -31,7 +31,7 @@ from fedsqueeze.engine import delta, faults, vectorized
 from fedsqueeze.engine.atomic import crash_point
 from fedsqueeze.engine.device import compute_mode, worker_devices
 from fedsqueeze.engine.deadline import Deadline
-from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy
+from fedsqueeze.engine.evaluation import global_metrics, personal_accuracies, pooled_accuracy
 from fedsqueeze.engine.overlap import Admission, spare_core, without
 from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
 from fedsqueeze.engine.run_state import RunState
@@ -66,7 +66,8 @@ def build_partition(cfg: Config, dataset: Dataset) -> Partition:
     # groups: the dataset's own clients, if it defines them (for partition = "natural")
     params = {"alpha": d.alpha, "shards_per_client": d.shards_per_client,
               "groups": getattr(dataset, "groups", None)}
-    return make_partition(d.partition, dataset.y_train.numpy(), d.num_clients, seed=cfg.seed,
+    from fedsqueeze.data.federated import partition_labels
+    return make_partition(d.partition, partition_labels(dataset)[0], d.num_clients, seed=cfg.seed,
                           holdout_fraction=d.holdout_fraction, **params)
 
 
@@ -80,6 +81,9 @@ class Simulation(RunState):
         if cfg.data.num_clients > len(self.dataset.y_train):
             raise DataError(f"data.num_clients = {cfg.data.num_clients} exceeds the {len(self.dataset.y_train)} "
                             "training samples; lower data.num_clients")
+        from fedsqueeze.metrics.losses import check_task, metric_names
+        check_task(cfg.train.loss, cfg.eval.metrics, self.dataset.y_train, self.dataset.num_classes)
+        self.metric_names = metric_names(cfg.eval.metrics, self.dataset.y_train)  # eval.metrics, or the default
         self.partition = build_partition(cfg, self.dataset)
         self.runtime = Runtime(cfg, self.dataset, self.partition)  # resolves engine.device (an error if missing)
         self.device = self.runtime.device
@@ -437,10 +441,10 @@ class Simulation(RunState):
         t0 = time.perf_counter()
         rec: dict[str, Any] = {"global_acc": None, "global_loss": None, "personal_acc": None,
                                "personal_acc_clients": None}
+        rec.update({f"global_{m}": None for m in self.metric_names if m not in ("accuracy", "loss")})
         bs = self.cfg.eval.batch_size
         if self._due(self.cfg.eval.every, rnd):
-            rec["global_acc"], rec["global_loss"] = global_accuracy(self.runtime, self.algo, self.server_state,
-                                                                    self.dataset, bs)
+            rec.update(global_metrics(self.runtime, self.algo, self.server_state, self.dataset, bs, self.metric_names))
         if self._due(self.cfg.eval.personal_every, rnd):
             rec["personal_acc"], rec["personal_acc_clients"] = self._personal(bs)
         rec["eval_s"] = time.perf_counter() - t0

@@ -21,7 +21,6 @@ import traceback
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedsqueeze.algorithms.base import Algorithm, Messages, Tensors, VectorJob
@@ -55,6 +54,10 @@ def check(cfg: Config, algo: Algorithm) -> None:
     if cfg.train.optimizer != "sgd":
         raise ConfigError(f"engine.vectorize implements SGD (with momentum and weight decay), not train.optimizer = "
                           f"{cfg.train.optimizer!r}; set engine.vectorize = false or train.optimizer = \"sgd\"")
+    from fedsqueeze.metrics.losses import per_sample
+    if per_sample(cfg.train.loss) is None:
+        raise ConfigError(f"engine.vectorize trains with the built-in losses (cross_entropy, mse), not train.loss = "
+                          f"{cfg.train.loss!r}; set engine.vectorize = false")
 
 
 def check_model(model: nn.Module) -> None:
@@ -94,15 +97,19 @@ def plan(batches: Sequence[Sequence[torch.Tensor]], sizes: Sequence[int], batch_
 
 def train_stacked(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                   idx: torch.Tensor, wts: torch.Tensor, active: torch.Tensor, *, lr: float, momentum: float = 0.0,
-                  weight_decay: float = 0.0, prox_mu: torch.Tensor | None = None
+                  weight_decay: float = 0.0, prox_mu: torch.Tensor | None = None, loss: str = "cross_entropy"
                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """SGD on C clients at once. ``params``: name -> (C, ...) start weights (not modified); x, y: all
     clients' data concatenated; idx/wts/active from ``plan`` (on x's device). Returns the trained
-    (C, ...) weights and the per-step losses (S, C; 0 where a client is done)."""
+    (C, ...) weights and the per-step losses (S, C; 0 where a client is done). ``loss``: a built-in
+    ``train.loss`` (per-sample values are weighted, so padding rows count for nothing)."""
     from torch.func import functional_call, grad_and_value, vmap
 
+    from fedsqueeze.metrics.losses import per_sample
+    per = per_sample(loss)
+
     def loss_fn(p, xb, yb, wb):
-        return (F.cross_entropy(functional_call(model, p, (xb,)), yb, reduction="none") * wb).sum()
+        return (per(functional_call(model, p, (xb,)), yb) * wb).sum()
 
     step_fn = vmap(grad_and_value(loss_fn))
     anchor = params
@@ -209,7 +216,8 @@ def train_jobs(model: nn.Module, jobs: list[VectorJob], ctxs: list, tr) -> list[
     mu = torch.tensor([job.prox_mu for job in jobs])
     try:
         params, losses = train_stacked(model, start, x, y, idx.to(device), wts.to(device), active.to(device),
-                                       lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay, prox_mu=mu)
+                                       lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay, prox_mu=mu,
+                                       loss=getattr(tr, "loss", "cross_entropy"))
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 — an op vmap does not support is the configuration's fault

@@ -20,6 +20,14 @@ def _clean(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
+def round_fields(recs: list[dict]) -> list[str]:
+    """``ROUND_FIELDS`` plus the configured extra metrics (``global_top5``, ...; ``eval.metrics``) after
+    ``global_loss``; exactly ``ROUND_FIELDS`` for runs without extra metrics."""
+    extra = sorted({k for rec in recs for k in rec if k.startswith("global_") and k not in ROUND_FIELDS})
+    i = ROUND_FIELDS.index("global_loss") + 1
+    return ROUND_FIELDS[:i] + extra + ROUND_FIELDS[i:]
+
+
 @dataclass
 class Result:
     run_dir: Path
@@ -77,20 +85,21 @@ class RunWriter:
     def rewrite_rounds(self, history: list[dict]) -> None:
         with open(self.dir / "metrics.jsonl", "w") as f:
             for rec in history:
-                f.write(json.dumps({k: _clean(rec.get(k)) for k in ROUND_FIELDS}) + "\n")
+                f.write(json.dumps({k: _clean(rec.get(k)) for k in round_fields([rec])}) + "\n")
 
     def append_round(self, rec: dict) -> None:
         with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: _clean(rec.get(k)) for k in ROUND_FIELDS}) + "\n")
+            f.write(json.dumps({k: _clean(rec.get(k)) for k in round_fields([rec])}) + "\n")
 
     def finish(self, result: Result) -> None:
         extra = sorted({k for rec in result.history for k in (rec.get("client_metrics") or {})})
-        fields = [f for f in ROUND_FIELDS if f not in ("client_metrics", "client_s")] + [f"client_{k}" for k in extra]
+        base = [f for f in round_fields(result.history) if f not in ("client_metrics", "client_s")]
+        fields = base + [f"client_{k}" for k in extra]
         with open(self.dir / "rounds.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             for rec in result.history:
-                row = {k: _clean(rec.get(k)) for k in ROUND_FIELDS if k not in ("client_metrics", "client_s")}
+                row = {k: _clean(rec.get(k)) for k in base}
                 row.update({f"client_{k}": _clean(v) for k, v in (rec.get("client_metrics") or {}).items()})
                 w.writerow(row)
         summary = result.summary()

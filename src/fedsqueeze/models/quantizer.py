@@ -258,18 +258,20 @@ class Quantizer:
 # ---- centralized training -----------------------------------------------------------------------------
 
 def fit(model: nn.Module, quantizer: Quantizer, opt: torch.optim.Optimizer,
-        batches: Callable[[int], object], epochs: int, freeze_epoch: int | None = None) -> list[float]:
+        batches: Callable[[int], object], epochs: int, freeze_epoch: int | None = None,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[float]:
     """Centralized quantized training (the paper's Algorithm 1): ``batches(e)`` yields (x, y) for epoch e;
-    hard quantization (freeze) at ``freeze_epoch`` (default: after the last epoch). Mean loss per epoch."""
+    hard quantization (freeze) at ``freeze_epoch`` (default: after the last epoch). Mean loss per epoch.
+    ``loss``: the task loss (default cross-entropy; in a federated run, ``ClientContext.loss``)."""
+    task = nn.functional.cross_entropy if loss is None else loss
     losses = []
     for e in range(epochs):
         if freeze_epoch is not None and e == freeze_epoch and not quantizer.frozen:
             quantizer.freeze_(model)
         total, n = 0.0, 0
         for xb, yb in batches(e):
-            loss, _ = quantizer.step(model, opt, xb, lambda z, y=yb: nn.functional.cross_entropy(z, y),
-                                     quantizer.lam(e))
-            total, n = total + loss, n + 1
+            value, _ = quantizer.step(model, opt, xb, lambda z, y=yb: task(z, y), quantizer.lam(e))
+            total, n = total + value, n + 1
         losses.append(total / max(n, 1))
     if not quantizer.frozen:
         quantizer.freeze_(model)
