@@ -102,7 +102,9 @@ class ChunkLayout:
     ``split = 0`` (the original layout): one tail row, the ``rest = n - full * chunk`` values
     zero-padded to ``next_pow2(rest)``. ``split = m`` (a power of two): the tail is cut into rows of
     the powers of two ``>= m`` in the binary expansion of ``rest`` (largest first), and what is left
-    (``rest % m``) becomes one last row zero-padded to its next power of two. Padding is then below
+    (``rest % m``) becomes one last row zero-padded to its next power of two; where that row is as
+    wide as the row before it, the two become one row of twice the width (same padding, one row
+    less), repeatedly (so 2000 values with ``m = 1024`` are one row of 2048). Padding is then below
     ``m`` values instead of below ``rest``; each extra row costs one scale. Every row but the last is
     unpadded, so row ``r`` starts at the same coordinate ``start(r)`` in the input and in the padded
     layout.
@@ -122,9 +124,13 @@ class ChunkLayout:
             return []
         if not self.split or rest < self.split:
             return [next_pow2(rest)]
-        pieces = [1 << b for b in range(rest.bit_length() - 1, -1, -1) if (rest >> b) & 1 and 1 << b >= self.split]
+        rows = [1 << b for b in range(rest.bit_length() - 1, -1, -1) if (rest >> b) & 1 and 1 << b >= self.split]
         left = rest % self.split
-        return pieces + ([next_pow2(left)] if left else [])
+        if left:
+            rows.append(next_pow2(left))
+        while len(rows) > 1 and rows[-1] == rows[-2]:  # the padded row fills up to the row before it:
+            rows[-2:] = [2 * rows[-1]]  # one row of twice the width, same padding, one scale less
+        return rows
 
     @property
     def tail(self) -> int:
