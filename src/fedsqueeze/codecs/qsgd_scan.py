@@ -127,7 +127,9 @@ def _fast(data: bytes | memoryview, count: int, nbits: int) -> list[np.ndarray] 
             code[lw] = idle + 1 + n_long + np.arange(len(lw))
             n_long += len(lw)
             step[lw] = length
-            step[lw[length == 0]] = nbits + MARGIN + 64  # cannot decode: this walker stops
+            stuck = lw[length == 0]  # cannot decode: no record, and this walker stops
+            code[stuck] = idle
+            step[stuck] = nbits + MARGIN + 64
         bases.append(pos.astype(np.int32))
         codes.append(code)
         steps.append(step.astype(np.int32))
