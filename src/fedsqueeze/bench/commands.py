@@ -21,6 +21,8 @@ def _entropy_stage(console, updates, settings, label) -> None:
 
 
 def cmd_bench_codecs(args) -> int:
+    if getattr(args, "speed", False):
+        return _main_of("speed")(args)
     from rich.console import Console
 
     from fedsqueeze.bench import codecs as bench
@@ -75,6 +77,10 @@ def add_parser(sub) -> None:
     bc.add_argument("--dim", type=int, default=1_000_000, help="Laplace vector length")
     bc.add_argument("--repeats", type=int, default=5)
     bc.add_argument("--out", default="runs/bench-codecs")
+    bc.add_argument("--speed", action="store_true",
+                    help="only the speed table: encode/decode MB/s of each codec on --speed-numel Gaussian values, one "
+                         "thread (--codecs picks codec ids)")
+    bc.add_argument("--speed-numel", type=int, default=10_000_000, help="values in the speed table's tensor")
     bc.set_defaults(func=cmd_bench_codecs)
     bf = bsub.add_parser("fuzz", help="hostile payloads against the decoders: only our own errors allowed",
                          description="Mutated payloads of every codec (truncation, bit flips, random bytes, frame "

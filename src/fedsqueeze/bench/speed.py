@@ -4,7 +4,7 @@
 Gaussian tensor of ``numel`` float32 values (σ = 0.01, the scale of a model update; 10^7 values =
 40 MB by default) on one torch thread; MB/s = fp32 bytes in (4 · numel / 10^6) per second, the best
 of ``repeats`` timed calls after one warm-up (the best, not the median: on a shared machine the
-slower repeats measure the neighbours). Also printed: bits per parameter of the payload and the
+slower repeats measure the neighbours), by the wall clock and by the process's CPU time. Also printed: bits per parameter of the payload and the
 machine's 1-minute load average, which the figures depend on.
 """
 from __future__ import annotations
@@ -17,6 +17,22 @@ import torch
 
 from fedsqueeze.codecs.spec import make_codec
 
+def main(args) -> int:
+    """``fedsqueeze bench codecs --speed [--codecs ids] [--speed-numel N] [--repeats R]``."""
+    from rich.console import Console
+
+    from fedsqueeze.errors import ConfigError
+
+    numel = args.speed_numel
+    if numel < 1:
+        raise ConfigError(f"--speed-numel must be at least 1, got {numel}")
+    wanted = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else None
+    specs = [s for s in DEFAULT_SPECS if wanted is None or s.split("(")[0] in wanted]
+    specs += [c for c in wanted or [] if not any(s.split("(")[0] == c for s in DEFAULT_SPECS)]
+    print_rows(Console(width=160), measure(specs, numel, max(1, args.repeats)), numel)
+    return 0
+
+
 DEFAULT_SPECS = ("fp16", "bf16", "signsgd", "terngrad", "qsgd", "qsgd(levels=4)", "threelc", "topk", "randk",
                  "rowsparse", "drive", "eden", "eden(bits=4)", "rdq")
 
@@ -27,18 +43,20 @@ def gaussian(numel: int, seed: int = 0) -> torch.Tensor:
     return x.view(-1, 1000) if numel % 1000 == 0 else x
 
 
-def _best(fn, repeats: int) -> tuple[float, object]:
+def _best(fn, repeats: int) -> tuple[float, float, object]:
+    """(best wall seconds, best CPU seconds of this process, result) over ``repeats`` calls."""
     out = fn()  # warm-up (caches, lazily built tables)
-    best = float("inf")
+    wall = cpu = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return wall, max(cpu, 1e-9), out
 
 
 def measure(specs: Sequence[str] = DEFAULT_SPECS, numel: int = 10_000_000, repeats: int = 3) -> list[dict]:
-    """One row per codec spec: spec, bits/param, encode MB/s, decode MB/s (one torch thread)."""
+    """One row per codec spec: spec, bits/param, encode and decode MB/s by the wall clock and by this
+    process's CPU time (one torch thread; on a busy machine the CPU figures are the steadier)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -47,10 +65,11 @@ def measure(specs: Sequence[str] = DEFAULT_SPECS, numel: int = 10_000_000, repea
         rows = []
         for spec in specs:
             codec = make_codec(spec)
-            t_enc, payload = _best(lambda: codec.encode(x, seed=1), repeats)
-            t_dec, _ = _best(lambda: codec.decode(payload), repeats)
+            t_enc, c_enc, payload = _best(lambda: codec.encode(x, seed=1), repeats)
+            t_dec, c_dec, _ = _best(lambda: codec.decode(payload), repeats)
             rows.append({"codec": spec, "bits_per_param": 8 * len(payload) / numel,
-                         "encode_mb_s": mb / t_enc, "decode_mb_s": mb / t_dec})
+                         "encode_mb_s": mb / t_enc, "decode_mb_s": mb / t_dec,
+                         "encode_cpu_mb_s": mb / c_enc, "decode_cpu_mb_s": mb / c_dec})
         return rows
     finally:
         torch.set_num_threads(threads)
@@ -62,8 +81,9 @@ def print_rows(console, rows: list[dict], numel: int) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     table = Table(title=f"codec speed: {numel:,} fp32 values (N(0, 0.01²)), one thread, best of repeats; "
                         f"load {load:.1f} on {os.cpu_count()} CPUs")
-    for col in ("codec", "bits/param", "enc MB/s", "dec MB/s"):
+    for col in ("codec", "bits/param", "enc MB/s", "dec MB/s", "enc MB/s (CPU)", "dec MB/s (CPU)"):
         table.add_column(col, justify="left" if col == "codec" else "right")
     for r in rows:
-        table.add_row(r["codec"], f"{r['bits_per_param']:.3f}", f"{r['encode_mb_s']:.0f}", f"{r['decode_mb_s']:.0f}")
+        table.add_row(r["codec"], f"{r['bits_per_param']:.3f}", f"{r['encode_mb_s']:.0f}", f"{r['decode_mb_s']:.0f}",
+                      f"{r['encode_cpu_mb_s']:.0f}", f"{r['decode_cpu_mb_s']:.0f}")
     console.print(table)
