@@ -180,7 +180,8 @@ def _fast(data: bytes | memoryview, count: int, nbits: int) -> list[np.ndarray] 
     at = at[:count]
     table_cells = cell.size
     rec = np.take(cell.reshape(-1), np.minimum(at, table_cells - 1))
-    cols = [(rec & 0xFF).astype(np.int64), (rec >> 16).astype(np.int64), ((rec >> 8) & 0xFF).astype(np.int64)]
+    byte = rec.astype("<u4", copy=False).view(np.uint8).reshape(-1, 4)  # gap, level, sign, 0
+    cols = [byte[:, 0].astype(np.int64), byte[:, 2].astype(np.int64), byte[:, 1].astype(np.int64)]
     far = np.flatnonzero(at >= table_cells)
     if len(far):
         i = (at[far] - table_cells) // SLOTS
