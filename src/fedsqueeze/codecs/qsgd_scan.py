@@ -32,7 +32,7 @@ from fedsqueeze.codecs.bits import bit_length, decode_records
 from fedsqueeze.codecs.bitscan import _read, _words
 
 FIELDS = ["gamma", 1, "gamma"]
-SEGMENT = 2048  # bits per walker
+SEGMENT = 4096  # bits per walker
 MARGIN = 512  # bits a walker runs into the next segment to meet its walker
 SLOTS = 5  # records per table entry (16 bits hold at most 5 records of >= 3 bits)
 _MIN_COUNT = 4096  # shorter streams: the general decoder
