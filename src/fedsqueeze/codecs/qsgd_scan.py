@@ -148,14 +148,18 @@ def _fast(data: bytes | memoryview, count: int, nbits: int) -> list[np.ndarray] 
         return B[rows][sel][:, None] + off[c], slot < n_rec[c][:, None]
 
     # walker j meets walker j + 1: the first start of j in [seg[j+1], target[j]) that j + 1 also has
-    mark = np.zeros(nbits + 1, dtype=bool)
+    # mark[j, k]: walker j + 1 has a record start at seg[j + 1] + k (k < MARGIN)
+    mark = np.zeros((P - 1, MARGIN), dtype=bool)
     ahead = B[1:] < target[:-1, None]
     st, ok = starts(slice(1, None), ahead)
-    mark[st[ok]] = True
+    row = np.broadcast_to(np.nonzero(ahead)[0][:, None], st.shape)
+    ok &= st < target[:-1][row]
+    mark[row[ok], st[ok] - seg[1:-1][row[ok]]] = True
     near = (B[:-1] >= seg[1:-1, None] - 16) & (B[:-1] < target[:-1, None])
     st, ok = starts(slice(0, -1), near)
     row = np.broadcast_to(np.nonzero(near)[0][:, None], st.shape)
-    ok &= (st >= seg[1:-1][row]) & mark[np.where(ok, st, nbits)]
+    ok &= (st >= seg[1:-1][row]) & (st < target[:-1][row])
+    ok[ok] = mark[row[ok], st[ok] - seg[1:-1][row[ok]]]
     first = np.full(P - 1, nbits + 1, dtype=np.int64)
     r, v = row[ok], st[ok]  # in walker order, each walker's starts increasing: the first per walker
     head = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]])) if len(r) else r
