@@ -56,3 +56,50 @@ def test_unknown_codec_in_settings_is_an_error(tmp_path):
     with pytest.raises(FedsqueezeError, match="not registered"):
         run(synthetic_laplace(100, 0), "x", tmp_path, settings={"nope": ["nope"]}, repeats=1,
             console=Console(file=io.StringIO()))
+
+
+def test_conditional_entropy_by_hand():
+    import numpy as np
+
+    from fedsqueeze.bench.codecs import conditional_entropy_bits
+
+    assert conditional_entropy_bits(np.array([0, 1, 0, 1, 0, 1])) == 0.0  # each symbol fixed by the previous one
+    # previous symbols: (none), 0, 0, 1 -> after a 0 come 0 and 1 (2 bits), the rest is determined
+    assert conditional_entropy_bits(np.array([0, 0, 1, 1])) == pytest.approx(2.0)
+
+
+def test_both_limits_and_symbol_entropies(tmp_path):
+    import math
+
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(200, 100, generator=g) * 0.01 * torch.sign(torch.randn(200, 1, generator=g)).abs()
+    up = [{"w": big, "b": torch.randn(50, generator=g) * 0.1}]
+    specs = ["rdq(step=1.0, normalize=True, coder='ans')", "rdq(step=1.0, normalize=True, coder='ctx')", "fp16"]
+    rows = run(up, "lim", tmp_path, settings={"rdq": specs[:2], "fp16": specs[2:]}, repeats=1,
+               console=Console(file=io.StringIO(), width=250))
+    ans, ctxr, half = rows
+    for r in (ans, ctxr):
+        assert r["ba_rate"] <= r["ba_nmse_rate"]      # the free allocation is the lower limit
+        assert r["rate_over_ba_nmse"] == r["bits_per_param"] / r["ba_nmse_rate"]
+        assert 0 < r["h1"] <= r["h0"] and r["h0"] == pytest.approx(ans["h0"])
+    assert math.isnan(half["h0"]) and math.isnan(half["h1"])
+    with open(tmp_path / "codecs_lim.csv") as f:
+        assert list(csv.DictReader(f))[0].keys() >= {"ba_nmse_rate", "rate_over_ba_nmse", "h0", "h1"}
+
+
+def test_speed_bench_command(capsys):
+    from fedsqueeze.bench.codec_speed import measure, update_like
+    from fedsqueeze.cli import main
+
+    w = update_like(8000)
+    assert w.shape == (2, 4000) and abs(float(w.double().square().mean().sqrt()) - 0.01) < 1e-6
+    rows = measure(8000, repeats=1, specs=["rdq(step=1.0, normalize=True, coder='ans')",
+                                           "rdq(step=1.0, normalize=True, coder='ctx')"])
+    assert [r["params"] for r in rows] == [8000, 8000]
+    assert rows[1]["bits_per_param"] < rows[0]["bits_per_param"]  # rows share a sign: contexts pay
+    assert all(r["encode_MBps"] > 0 and r["decode_MBps"] > 0 for r in rows)
+    assert main(["bench", "codecs", "--speed", "--speed-params", "8000", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "coder='ctx'" in out and "load average" in out

@@ -19,8 +19,8 @@ def test_rows_have_the_payload_rate_and_positive_speeds():
 
 
 def test_cli_prints_the_table(capsys):
-    assert main(["bench", "codecs", "--speed", "--codecs", "qsgd,signsgd", "--speed-numel", "5000",
+    assert main(["bench", "codecs", "--speed", "--codecs", "qsgd,signsgd", "--speed-params", "5000",
                  "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "qsgd(levels=4)" in out and "signsgd" in out and "dec MB/s (CPU)" in out and "drive" not in out
-    assert main(["bench", "codecs", "--speed", "--speed-numel", "0"]) == 2
+    assert main(["bench", "codecs", "--speed", "--codecs", "qsgd", "--speed-params", "0"]) == 2

@@ -197,3 +197,48 @@ def test_update_downlink_keeps_server_and_clients_identical(tmp_path, digits):
     partial = from_dict(digits_config(rounds=3, algorithm={"name": "fedkd", "teacher": "mlp", "downlink": "update"}))
     with pytest.raises(ConfigError, match="downlink"):
         fedsqueeze.run(partial, run_dir=tmp_path / "partial", dataset=digits, plot=False)
+
+
+@pytest.mark.parametrize("down, tol", [("fp32", 1e-6), ("svd", 0.05)])
+def test_delta_downlink_under_partial_participation(tmp_path, digits, down, tol):
+    """downlink = delta, 4 of 10 clients per round: each sampled client receives the difference between the
+    server's student and the student it holds (its last one, or the run's seeded initial student if it was
+    never sampled), so it rebuilds the server's student — up to fp32 rounding of m + (w − m) with an fp32
+    delta, within the SVD's energy residual with the paper's dynamic-threshold SVD — and its copy equals
+    the server's copy of it bit for bit. The SVD downlink costs well under the fp32 student."""
+    from fedsqueeze.config import from_dict
+    from fedsqueeze.engine.sampling import sample_clients
+    from fedsqueeze.engine.simulation import Simulation
+
+    algo = {"name": "fedkd", "teacher": "mlp", "downlink": "delta", "svd": down == "svd"}
+    cfg = from_dict(digits_config(rounds=5, algorithm=algo, codec={"up": "fp32", "down": "fp32", "downlink": "delta"}))
+    sim = Simulation(cfg, tmp_path / down, dataset=digits)
+    sim.start()
+    seen: dict[int, int] = {}
+    stale = 0
+    for rnd in range(1, 6):
+        w = {k: v.clone() for k, v in sim.server_state["weights"].items()}
+        clients = [int(c) for c in sample_clients(10, 4, seed=0, rnd=rnd)]
+        stale += sum(1 for c in clients if seen.get(c, 0) < rnd - 1)  # missed the last round (or never came)
+        sim.run_round(rnd)
+        for c in clients:
+            mine, theirs = sim.store.get(c)["mirror"]["model"], sim.mirrors.store.get(c)["model"]
+            assert all(torch.equal(mine[k], theirs[k]) for k in w)
+            err = math.sqrt(sum(float((mine[k] - w[k]).square().sum()) for k in w))
+            norm = math.sqrt(sum(float(w[k].square().sum()) for k in w))
+            assert err <= tol * norm, (rnd, c, err / norm)
+            seen[c] = rnd
+    assert stale >= 5  # clients that missed rounds got a correct student too
+    fp32_student = len(Float32().encode(sim.server_state["weights"]))
+    downs = [r.nbytes for r in sim.ledger if r.direction == "down"]
+    assert len(downs) == 20
+    if down == "svd":
+        assert sum(downs) < 0.6 * 20 * fp32_student
+    else:
+        assert all(0 <= n - fp32_student < 16 for n in downs)
+
+
+def test_delta_mode_needs_the_engine_delta(tmp_path, digits):
+    cfg = digits_config(rounds=1, algorithm={"name": "fedkd", "teacher": "mlp", "downlink": "delta"})
+    with pytest.raises(ConfigError, match="codec.downlink = 'delta'"):
+        fedsqueeze.run(cfg, run_dir=tmp_path / "x", dataset=digits, plot=False)

@@ -44,6 +44,9 @@ ALGO_CONFIGS: dict[str, dict] = {
     "fedavg_ft": {},
     "feddkd": {"algorithm": {"name": "feddkd", "S": 1}},
     "fedkd": {"algorithm": {"name": "fedkd", "teacher": "mlp"}},
+    "pfedme": {"algorithm": {"name": "pfedme", "lam": 15.0, "K": 5, "personal_lr": 0.05},
+               "train": {"clients_per_round": 4, "local_epochs": 2, "batch_size": 16, "lr": 0.05}},
+    "perfedavg": {"algorithm": {"name": "perfedavg", "alpha": 0.05}},
 }
 
 

@@ -128,7 +128,7 @@ def test_extra_metrics_become_global_columns(tmp_path, digits):
 CASES = {
     "fedavg": {}, "fedprox": {"mu": 0.01}, "scaffold": {}, "fedper": {}, "local": {},
     "fedavg_ft": {}, "feddkd": {"S": 1}, "fedkd": {"teacher": "mlp"},
-    "quped": {"personal": [{"bits": 2}]}, "spatl": {},
+    "quped": {"personal": [{"bits": 2}]}, "spatl": {}, "pfedme": {}, "perfedavg": {},
 }
 
 

@@ -29,6 +29,8 @@ CATALOG: dict[str, dict[str, tuple[str, Any]]] = {
         'quped': ('Quantized personalized models (per-client bits/architecture) distilled with a FedAvg global model.', None),
         'local_quant': ("Local-only training of QuPeD's quantized personal models (no global model, zero bytes).", None),
         'fedavg_ft': ("FedAvg whose personal model is the received global model fine-tuned on the client's data.", None),
+        'pfedme': ('Personalised FL with Moreau envelopes (Dinh et al. 2020): bi-level θ_i / w local updates.', None),
+        'perfedavg': ('Federated MAML (Fallah et al. 2020): the global model is trained to personalise in one step.', None),
         'feddkd': ("FedAvg, then S decentralized distillation steps of the global model toward the local models' maps.", None),
         'fedkd': ('Private teacher + shared student by adaptive mutual distillation; dynamic-SVD updates (Wu et al. 2022).', None),
     },

@@ -196,6 +196,8 @@ ALGORITHMS = Registry("algorithm", group="fedsqueeze.algorithms", entries={
     "quped": "fedsqueeze.algorithms.quped:QuPeD",
     "local_quant": "fedsqueeze.algorithms.quped:LocalQuant",
     "fedavg_ft": "fedsqueeze.algorithms.fedavg_ft:FedAvgFT",
+    "pfedme": "fedsqueeze.algorithms.pfedme:PFedMe",
+    "perfedavg": "fedsqueeze.algorithms.perfedavg:PerFedAvg",
     "feddkd": "fedsqueeze.algorithms.feddkd:FedDKD",
     "fedkd": "fedsqueeze.algorithms.fedkd:FedKD",
 })

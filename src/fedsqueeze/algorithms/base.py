@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -84,6 +86,8 @@ class Setup:
     codec_up: Any = "fp32"
     codec_down: Any = "fp32"
     seed: int = 0
+    downlink: str = "broadcast"  # codec.downlink: "broadcast" (one payload for all) | "delta" (per client)
+    loss: str = "cross_entropy"  # train.loss: the task loss (clients get it as ``ClientContext.loss``)
 
 
 class Algorithm(ABC):
@@ -178,6 +182,13 @@ class Algorithm(ABC):
         """(model slot, weights) of a client's personalised model; default: the global model."""
         return self.global_model(state)
 
+    # personal models that are adapted to a client's data at evaluation time (Per-FedAvg's one step)
+    adapts: ClassVar[bool] = False
+
+    def adapt(self, model: nn.Module, data: Any) -> None:
+        """With ``adapts = True``: turn ``model`` (holding ``personal_model``'s weights) into the client's
+        personal model in place, given its ``ClientData``; the engine evaluates it right after."""
+
     def client_profile(self, client: int, client_state: dict | None) -> dict[str, Any]:
         """Facts about a client's personalised model for reports (``fedsqueeze personal``), e.g.
         ``{"group": "2-bit mlp", "model_bytes": 51234}``; default: none."""
@@ -201,12 +212,34 @@ def weighted_mean(messages: list[Tensors], weights: list[float]) -> Tensors:
     if total <= 0:
         raise ValueError("weights must sum to a positive number")
     out: Tensors = {}
-    for name in messages[0]:
-        acc = torch.zeros_like(messages[0][name], dtype=torch.float64)
-        for m, w in zip(messages, weights):
-            acc += m[name].to(torch.float64) * (w / total)
-        out[name] = acc.to(messages[0][name].dtype)
+    with _elementwise_threads(sum(t.numel() for t in messages[0].values()) * len(messages)):
+        for name in messages[0]:
+            acc = torch.zeros_like(messages[0][name], dtype=torch.float64)
+            term = torch.empty_like(acc)  # one scratch buffer per tensor: acc += m.to(float64) * (w / total), in place
+            for m, w in zip(messages, weights):
+                term.copy_(m[name])
+                term.mul_(w / total)
+                acc.add_(term)
+            out[name] = acc.to(messages[0][name].dtype)
     return out
+
+
+@contextmanager
+def _elementwise_threads(work: int, most: int = 8):
+    """Up to ``most`` torch threads (half the machine's cores, leaving room for pool workers; none extra on
+    2 cores) for a large purely element-wise job: each value is computed by the same operations in the
+    same order whichever thread computes it, so the result is bit-for-bit the single-threaded one (unlike
+    a reduction's). The caller's thread count is restored."""
+    before = torch.get_num_threads()
+    want = min(most, (os.cpu_count() or 1) // 2)
+    if work < (1 << 20) or want <= before:
+        yield
+        return
+    torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def add(a: Tensors, b: Tensors, scale: float = 1.0) -> Tensors:

@@ -1,7 +1,10 @@
 """FedDKD: Li, Chen, Lu. "FedDKD: Federated Learning with Decentralized Knowledge Distillation".
 arXiv 2205.00706 (2022). No official code exists; this follows the paper as summarised in
-docs/methods.md §4 (the paper's full text was not at hand when this was written, so its numeric
-settings are not reproduced; every choice below is a switch).
+docs/methods.md §4. Only the paper's abstract could be checked (its full text, algorithm box and
+settings were not available to this project): the abstract's DKD — local models distilled into the
+global model without data on the server, approaching the average of the local networks' maps under
+a divergence, in a few DKD steps — is what this module does; the step rule, the divergence, S = 2 and
+η_dkd = 0.1 are a reconstruction, every choice below a switch.
 
 A round has ``1 + S`` communication steps (``num_steps``):
 

@@ -37,8 +37,14 @@ server averages the decoded updates (n_i-weighted, ``weighting = "uniform"`` as 
   server and clients hold bit-identical students. This needs every client to hear every broadcast;
   the engine sends a broadcast only to the sampled clients (and counts it only for them), so the
   mode requires full participation and raises ConfigError when a client missed a broadcast.
-  A sound partial-participation variant (send a stale client the compressed difference between ŵ_t
-  and what it last saw) needs a per-client downlink, which the engine contract lacks.
+- ``"delta"`` (the paper's two-way compression, sound under partial participation; needs
+  ``codec.downlink = "delta"``): kind ``model`` = the global student, which the engine's per-client
+  delta downlink (``fedsqueeze.engine.delta``) turns into the difference between ŵ_t and the student
+  that client holds, sent through the svd codec at T(t) (``svd = false``: through ``codec.down``). A
+  client never sampled holds the run's seeded initial student (no bytes), one that missed rounds gets
+  everything it missed in one payload, and the compression error stays in the next difference. The
+  client trains from the student it rebuilt (within the SVD's residual of ŵ_t) and uploads its update
+  from there; server and client copies stay bit-identical (tests/test_fedkd.py).
 
 Byte cost of the choice, measured (real payloads): with 10 of 100 Fashion-MNIST clients per round
 (configs/fmnist-fedkd.toml, student small_cnn, 424 kB fp32), ``"model"`` sends 10 × 424 kB = 4.2 MB
@@ -55,8 +61,11 @@ Evaluation: the global student on the test set; a client's teacher on its held-o
 never sampled has only the run's seeded initial teacher, so it scores like an untrained model).
 
 Deviations from the paper: the default downlink (``"model"``) sends the global student's weights
-instead of the compressed aggregate update; the paper's scheme is ``downlink = "update"``, which is
-sound only with full participation (above). Choices where the paper is silent: W_h trained by the
+instead of the compressed aggregate update; the paper's scheme is ``downlink = "update"`` (sound only
+with full participation) or, with a per-client difference instead of one broadcast, ``"delta"``.
+Where the saving comes from: most of FedKD's saving over FedAvg of the teacher is the smaller
+student; FedAvg of the student itself with the same SVD uplink is the control that separates the
+two (configs/suites/fmnist-fedkd.toml). Choices where the paper is silent: W_h trained by the
 student's hidden term, features = the penultimate layer, T(t) with t counted from 1, τ² scaling of
 the KL terms when τ ≠ 1. Where the released code (github.com/wuch15/FedKD, run.py, model_bert.py,
 parameters.py) differs from the paper — we implement the paper:
@@ -105,7 +114,7 @@ class FedKDParams(FedAvgParams):
     temperature: float = 1.0                            # τ of the KL terms (1 in the paper)
     detach_weight: bool = True                          # w = 1/(L_t+L_s) as a scalar (paper) or not (code)
     hidden: str = "features"                            # features (penultimate) | none
-    downlink: str = "model"                             # model (global weights) | update (paper)
+    downlink: str = "model"                             # model (weights) | delta (svd per client) | update
     svd: bool = True                                    # false: configured codecs (no SVD)
 
     def __post_init__(self) -> None:
@@ -121,7 +130,8 @@ class FedKDParams(FedAvgParams):
             ("temperature", self.temperature, _number(self.temperature) and self.temperature > 0, "a number > 0"),
             ("detach_weight", self.detach_weight, isinstance(self.detach_weight, bool), "true or false"),
             ("hidden", self.hidden, self.hidden in ("features", "none"), "'features' or 'none'"),
-            ("downlink", self.downlink, self.downlink in ("model", "update"), "'model' or 'update'"),
+            ("downlink", self.downlink, self.downlink in ("model", "delta", "update"),
+             "'model', 'delta' or 'update'"),
             ("svd", self.svd, isinstance(self.svd, bool), "true or false")]
         for key, value, ok, allowed in checks:
             if not ok:
@@ -203,6 +213,9 @@ class FedKD(FedAvg):
 
     def __init__(self, params: FedKDParams, setup) -> None:
         super().__init__(params, setup)
+        if params.downlink == "delta" and setup.downlink != "delta":
+            raise ConfigError("algorithm.downlink = 'delta' sends each client the SVD-compressed difference to the "
+                              "student it holds: set codec.downlink = 'delta' too")
         self._teacher0 = self._seeded_teacher()  # also checks the teacher fits the input early
 
     def model_specs(self) -> dict[str, tuple[str, dict]]:
@@ -227,6 +240,8 @@ class FedKD(FedAvg):
         return energy_threshold(rnd, self.setup.rounds, self.p.T_start, self.p.T_end)
 
     def codec(self, kind: str, direction: Direction, rnd: int) -> Codec:
+        if self.p.svd and self.p.downlink == "delta" and kind == "model" and direction == "down":
+            return SVD(threshold=self.threshold(rnd))  # the difference to the client's student, at T(t)
         if not self.p.svd or kind != "update":
             return super().codec(kind, direction, rnd)
         # the downlink of round rnd carries the aggregate of round rnd - 1, compressed at its T
@@ -234,7 +249,7 @@ class FedKD(FedAvg):
 
     # ---- server ------------------------------------------------------------------------------------
     def broadcast(self, state: dict, rnd: int, step: int) -> Messages:
-        if self.p.downlink == "model":
+        if self.p.downlink in ("model", "delta"):
             return {"model": state["weights"]}
         return {"update": state["pending"]} if "pending" in state else {}
 
@@ -242,7 +257,7 @@ class FedKD(FedAvg):
         return {"update": self.slot_spec("model")}  # the student's update, whatever the downlink carried
 
     def aggregate(self, state: dict, rnd: int, step: int, replies: list[Reply]) -> dict:
-        if self.p.downlink == "model":
+        if self.p.downlink in ("model", "delta"):
             return super().aggregate(state, rnd, step, replies)
         weights = [float(r.num_samples) if self.p.weighting == "samples" else 1.0 for r in replies]
         mean = weighted_mean([r.up["update"] for r in replies], weights)
@@ -260,7 +275,7 @@ class FedKD(FedAvg):
 
     # ---- client ------------------------------------------------------------------------------------
     def _start(self, ctx: ClientContext, down: Messages, state: dict) -> Tensors:
-        if self.p.downlink == "model":
+        if self.p.downlink in ("model", "delta"):  # delta: the engine rebuilt the student from its mirror
             return down["model"]
         if ctx.round == 1 and "seen" not in state:
             return ctx.initial_weights()

@@ -21,14 +21,18 @@ def _entropy_stage(console, updates, settings, label) -> None:
 
 
 def cmd_bench_codecs(args) -> int:
-    if getattr(args, "speed", False):
-        return _main_of("speed")(args)
     from rich.console import Console
 
     from fedsqueeze.bench import codecs as bench
     from fedsqueeze.bench.capture import capture_updates
 
     console = Console(width=160)
+    if getattr(args, "speed", False):
+        from fedsqueeze.bench import codec_speed, speed
+
+        if not args.codecs or "rdq" in [c.strip() for c in args.codecs.split(",")]:
+            codec_speed.main(console, args.speed_params, args.repeats)
+        return speed.main(args, console)
     out = Path(args.out)
     wanted = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else None
 
@@ -78,9 +82,9 @@ def add_parser(sub) -> None:
     bc.add_argument("--repeats", type=int, default=5)
     bc.add_argument("--out", default="runs/bench-codecs")
     bc.add_argument("--speed", action="store_true",
-                    help="only the speed table: encode/decode MB/s of each codec on --speed-numel Gaussian values, one "
-                         "thread (--codecs picks codec ids)")
-    bc.add_argument("--speed-numel", type=int, default=10_000_000, help="values in the speed table's tensor")
+                    help="only speed tables: the entropy coders' encode/decode MB/s on one big Gaussian tensor (rdq "
+                         "ans, ctx, gamma; unless --codecs leaves rdq out), then every codec's (--codecs picks ids)")
+    bc.add_argument("--speed-params", type=int, default=10_000_000, help="parameters of the --speed tensor")
     bc.set_defaults(func=cmd_bench_codecs)
     bf = bsub.add_parser("fuzz", help="hostile payloads against the decoders: only our own errors allowed",
                          description="Mutated payloads of every codec (truncation, bit flips, random bytes, frame "

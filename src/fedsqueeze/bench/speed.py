@@ -1,6 +1,7 @@
 """Codec speed table: encode and decode MB/s of each codec on one large tensor, one thread.
 
-``fedsqueeze bench codecs --speed`` (issue #20 item 4): every codec setting encodes and decodes one
+``fedsqueeze bench codecs --speed`` (issue #20 item 4; after the entropy coders' table of
+``fedsqueeze.bench.codec_speed``): every codec setting encodes and decodes one
 Gaussian tensor of ``numel`` float32 values (σ = 0.01, the scale of a model update; 10^7 values =
 40 MB by default) on one torch thread; MB/s = fp32 bytes in (4 · numel / 10^6) per second, the best
 of ``repeats`` timed calls after one warm-up (the best, not the median: on a shared machine the
@@ -17,19 +18,20 @@ import torch
 
 from fedsqueeze.codecs.spec import make_codec
 
-def main(args) -> int:
-    """``fedsqueeze bench codecs --speed [--codecs ids] [--speed-numel N] [--repeats R]``."""
+def main(args, console=None) -> int:
+    """The every-codec table of ``fedsqueeze bench codecs --speed [--codecs ids] [--speed-params N]
+    [--repeats R]``."""
     from rich.console import Console
 
     from fedsqueeze.errors import ConfigError
 
-    numel = args.speed_numel
+    numel = args.speed_params
     if numel < 1:
-        raise ConfigError(f"--speed-numel must be at least 1, got {numel}")
+        raise ConfigError(f"--speed-params must be at least 1, got {numel}")
     wanted = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else None
     specs = [s for s in DEFAULT_SPECS if wanted is None or s.split("(")[0] in wanted]
     specs += [c for c in wanted or [] if not any(s.split("(")[0] == c for s in DEFAULT_SPECS)]
-    print_rows(Console(width=160), measure(specs, numel, max(1, args.repeats)), numel)
+    print_rows(console or Console(width=160), measure(specs, numel, max(1, args.repeats)), numel)
     return 0
 
 

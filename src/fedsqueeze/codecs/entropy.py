@@ -98,6 +98,7 @@ def choose_shift(counts: np.ndarray) -> int:
 
 def _core_window(values: np.ndarray, counts: np.ndarray) -> tuple[int, int]:
     """(lowest value, width) of the tightest window of at most MAX_CORE values holding the most symbols."""
+    values = values.astype(np.int64)  # int32 differences of far-apart symbols would overflow
     if values[-1] - values[0] < MAX_CORE:
         return int(values[0]), int(values[-1] - values[0]) + 1
     cs = np.concatenate([[0], np.cumsum(counts)])

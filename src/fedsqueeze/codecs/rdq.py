@@ -29,6 +29,9 @@ Bytes per tensor (inside the base class's length-prefixed chunk)::
         (trailing zeros are implied by the tensor's shape)
     coder = "ans" (the near-optimal variant): ``fedsqueeze.codecs.entropy`` of all q (a compact
         count table, then an ANS stream)
+    coder = "ctx" (ours): ``fedsqueeze.codecs.ctx`` of q with the tensor's shape: a mode byte, then
+        the cheapest of constant / raw varints / γ / order-0 ANS / a context model (neighbours'
+        signed classes and their row's activity, range-coded): below the i.i.d. limit on real updates
 
 Bias: deterministic rounding is biased, |Δ̂ − Δ| ≤ u/2 per coordinate (≤ (½ + θ)·u with a dead zone);
 stochastic rounding and subtractive dither are unbiased (the ``unbiased`` property says so). Dither makes the error Uniform[−u/2, u/2] and independent of Δ.
@@ -39,13 +42,21 @@ takes the server's majority. The paper finds the frontier stable across clients 
 fixed offline step is near-optimal. Default ``step=1e-3`` suits FedAvg updates of small CNNs (update
 RMS ~1e-3 to 1e-2: a few bits per parameter); tune it with the vote or ``fedsqueeze bench codecs``.
 
+Allocation (ours): ``alloc = "rd"`` picks each tensor's step at one common R–D slope for the
+distortion of the one-step setting (``fedsqueeze.codecs.rdq_alloc``); the steps travel as always, so
+decoding does not change. ``alloc = "one"`` (default) is not written into the header's config.
+
 Budget mode (ours): ``target_bytes = N`` makes every payload the finest-step one that fits in N bytes
 (``fit_to_bytes``: a first guess from the high-rate relation R ≈ h − log2 u, then bracketing and
 bisection on real encodes). ``fedsqueeze run --budget-mb`` sets N from a total budget.
 
 The defaults are the paper's method (plain rounding, the universal γ code, one absolute step);
-``coder="ans"`` (about 20% fewer bits than γ at 1–2 bits/param), ``dead_zone``, ``normalize`` and
-the range guard are our additions. Measured on 10^6 i.i.d. Laplace values (``fedsqueeze.bench``):
+``coder="ans"``, ``dead_zone``, ``normalize`` and the range guard are our additions. ANS is about 20%
+smaller than γ at 1–2 bits/param on i.i.d. Laplace values, but on real FedAvg updates (zero runs) γ is
+usually the smaller: 0.73–1.10× ANS's size between 0.2 and 2.4 bits/param on the Fashion-MNIST MLP,
+0.75–0.99× on the CNN (``scripts/rdq_gamma_vs_ans.py``); ANS wins above ~2.5 bits/param.
+``step="vote"`` (with ``lam``, ``candidates``, ``initial``) runs the vote in the round loop
+(``fedsqueeze.algorithms.step_vote``); elsewhere such a codec quantises with its initial step. Measured on 10^6 i.i.d. Laplace values (``fedsqueeze.bench``):
 with ``coder="ans"`` the rate is 1.14–1.33x the Blahut–Arimoto R(D) between 0.5 and 2.3 bits/param,
 1.15–1.16x with ``dead_zone=0.2``. The authors' released code was not consulted.
 """
@@ -60,14 +71,17 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
+from fedsqueeze.codecs import ctx as ctx_coder
 from fedsqueeze.codecs.base import Codec, host_tensors
 from fedsqueeze.codecs.bits import decode_records, encode_records
 from fedsqueeze.codecs.entropy import decode_symbols, encode_symbols
 from fedsqueeze.errors import CodecError, PayloadError
-from fedsqueeze.wire.varint import Reader, encode_varint
+from fedsqueeze.seeding import derive_seed
+from fedsqueeze.wire.varint import Reader, encode_varint, write_chunk
 
 ROUNDINGS = ("deterministic", "stochastic", "dither")
-CODERS = ("gamma", "ans")
+CODERS = ("gamma", "ans", "ctx")
+ALLOCS = ("one", "rd")
 QMAX = 1 << 20
 _F32 = struct.Struct("<f")
 _RECORD = ["gamma", 1, "gamma"]
@@ -85,15 +99,21 @@ class RDQ(Codec):
     normalize: bool = False
     dead_zone: float = 0.0
     target_bytes: int = 0
+    # step = "vote": the step is chosen in the round loop (``fedsqueeze.algorithms.step_vote``)
+    lam: float | None = None       # λ of D + λ·R (MSE per bit/parameter)
+    candidates: tuple = ()         # the steps clients vote on
+    initial: float | None = None   # the step of the first round (default: the first candidate)
+    alloc: str = "one"             # "rd": one step per tensor at equal R–D slope (fedsqueeze.codecs.rdq_alloc)
 
     @property
     def unbiased(self) -> bool:  # type: ignore[override]
         return self.rounding in ("stochastic", "dither")
 
     def __post_init__(self) -> None:
-        if isinstance(self.step, bool) or not isinstance(self.step, (int, float)) \
-                or not (0 < self.step < math.inf):
-            raise CodecError(f"rdq: step must be a positive finite number, got {self.step!r}")
+        _check_vote_options(self)
+        if self.step != "vote" and (isinstance(self.step, bool) or not isinstance(self.step, (int, float))
+                                    or not (0 < self.step < math.inf)):
+            raise CodecError(f"rdq: step must be a positive finite number or 'vote', got {self.step!r}")
         if self.rounding not in ROUNDINGS:
             raise CodecError(f"rdq: rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
         if self.coder not in CODERS:
@@ -107,6 +127,29 @@ class RDQ(Codec):
             raise CodecError("rdq: dead_zone needs rounding='deterministic' (it would bias the others)")
         if isinstance(self.target_bytes, bool) or not isinstance(self.target_bytes, int) or self.target_bytes < 0:
             raise CodecError(f"rdq: target_bytes must be an integer >= 0 (0 = off), got {self.target_bytes!r}")
+        if self.alloc not in ALLOCS:
+            raise CodecError(f"rdq: alloc must be one of {', '.join(ALLOCS)}, got {self.alloc!r}")
+
+    def get_config(self) -> dict:
+        """The configuration in the payload header; the vote's options and ``alloc`` only when set, so
+        the payloads of configurations that existed before them keep their exact bytes."""
+        cfg = super().get_config()
+        for key, default in (("lam", None), ("candidates", []), ("initial", None), ("alloc", "one")):
+            if cfg.get(key) == default:
+                del cfg[key]
+        return cfg
+
+    @property
+    def voting(self) -> bool:
+        return self.step == "vote"
+
+    @property
+    def fixed_step(self) -> float:
+        """The step this codec quantises with: ``step``, or with ``step = "vote"`` outside the round loop
+        the initial step (the first candidate unless ``initial`` is set)."""
+        if not self.voting:
+            return self.step
+        return float(self.initial) if self.initial is not None else float(self.candidates[0])
 
     # ---- budget mode ----------------------------------------------------------------------------
     def encode(self, tensors: Mapping[str, torch.Tensor], *, seed: int = 0) -> bytes:
@@ -119,13 +162,13 @@ class RDQ(Codec):
         """The step for this tensor, rounded to fp32 (what the decoder will read)."""
         lo, hi = torch.aminmax(x)
         amax = max(-float(lo), float(hi))
-        unit = self.step
+        unit = self.fixed_step
         if self.normalize:
             unit *= float(torch.linalg.vector_norm(x, dtype=torch.float64)) / math.sqrt(x.numel())
         unit = max(unit, amax / QMAX)
         unit = float(np.float32(unit))
         if not 0 < unit < math.inf:  # all zeros (normalised) or an underflow: any positive step works
-            unit = float(np.float32(self.step)) or 1.0
+            unit = float(np.float32(self.fixed_step)) or 1.0
         return unit
 
     def _uniform(self, n: int, seed: int) -> torch.Tensor | None:
@@ -155,10 +198,30 @@ class RDQ(Codec):
         return y.mul_(unit)
 
     # ---- codec hooks --------------------------------------------------------------------------------
-    def encode_tensor(self, x: torch.Tensor, seed: int) -> bytes:
+    def encode_body(self, values: list[torch.Tensor], specs, seed: int) -> bytes:
+        if self.alloc != "rd":
+            return super().encode_body(values, specs, seed)
+        from fedsqueeze.codecs.rdq_alloc import rd_units
+
+        units = rd_units(self, values, seed)  # per float tensor: the step at the common R–D slope
+        out = bytearray()
+        for i, (spec, x) in enumerate(zip(specs, values)):
+            if not spec.numel:
+                chunk = b""
+            elif not x.is_floating_point():
+                chunk = x.numpy().tobytes()
+            else:
+                chunk = self.encode_tensor(x, derive_seed(seed, i), unit=units[i])
+            write_chunk(out, chunk)
+        return bytes(out)
+
+    def encode_tensor(self, x: torch.Tensor, seed: int, unit: float | None = None) -> bytes:
+        shape = tuple(x.shape)
         x = x.reshape(-1)
-        unit = self._unit(x)
+        unit = self._unit(x) if unit is None else unit
         q = self.quantize(x, unit, seed).numpy()
+        if self.coder == "ctx":
+            return _F32.pack(unit) + ctx_coder.encode(q, shape)
         return _F32.pack(unit) + (encode_symbols(q) if self.coder == "ans" else _gamma_encode(q))
 
     def decode_tensor(self, data: memoryview, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -168,8 +231,39 @@ class RDQ(Codec):
         if not 0 < unit < math.inf:
             raise PayloadError(f"rdq: step {unit} is not a positive finite number")
         rest = r.take(r.remaining())
-        q = decode_symbols(rest, numel) if self.coder == "ans" else _gamma_decode(rest, numel)
+        if self.coder == "ctx":
+            q = ctx_coder.decode(rest, tuple(shape), numel)
+        else:
+            q = decode_symbols(rest, numel) if self.coder == "ans" else _gamma_decode(rest, numel)
         return self.dequantize(torch.from_numpy(q), unit, seed).reshape(shape)
+
+
+def _positive(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < math.inf
+
+
+def _check_vote_options(c: RDQ) -> None:
+    """``step = "vote"`` needs ``lam`` (≥ 0) and candidate steps (positive, distinct; kept sorted)."""
+    if isinstance(c.candidates, list):
+        object.__setattr__(c, "candidates", tuple(c.candidates))
+    if not isinstance(c.candidates, tuple) or not all(_positive(s) for s in c.candidates):
+        raise CodecError(f"rdq: candidates must be a list of positive steps, got {c.candidates!r}")
+    if len(set(c.candidates)) != len(c.candidates) or len(c.candidates) > 255:
+        raise CodecError("rdq: candidates must be distinct (at most 255 of them)")
+    object.__setattr__(c, "candidates", tuple(sorted(float(s) for s in c.candidates)))
+    if c.lam is not None and (isinstance(c.lam, bool) or not isinstance(c.lam, (int, float))
+                              or not 0 <= c.lam < math.inf):
+        raise CodecError(f"rdq: lam must be a number >= 0, got {c.lam!r}")
+    if c.initial is not None and not _positive(c.initial):
+        raise CodecError(f"rdq: initial must be a positive step, got {c.initial!r}")
+    if c.step == "vote":
+        if not c.candidates or c.lam is None:
+            raise CodecError("rdq: step='vote' needs lam and candidates, e.g. "
+                             "rdq(step='vote', lam=1e-6, candidates=[5e-4, 1e-3, 2e-3])")
+        if c.initial is not None and float(c.initial) not in c.candidates:
+            raise CodecError(f"rdq: initial = {c.initial!r} must be one of the candidates {list(c.candidates)}")
+        if c.target_bytes:
+            raise CodecError("rdq: step='vote' and target_bytes both choose the step; use one of them")
 
 
 def _gamma_encode(q: np.ndarray) -> bytes:

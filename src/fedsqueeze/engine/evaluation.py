@@ -71,6 +71,9 @@ def personal_accuracies(runtime: Any, algo: Any, server_state: Any, store: Any, 
         if loaded is not pm[1]:  # clients sharing one model (e.g. the global one) load it once
             model.load_state_dict(pm[1], strict=False)
             loaded = pm[1]
+        if getattr(algo, "adapts", False):  # e.g. Per-FedAvg: one step on the client's data, then evaluate
+            algo.adapt(model, runtime.client_data(c))
+            loaded = None
         idx = torch.from_numpy(ho).to(device)
         correct, _, n = evaluate(model, dataset.x_train[idx], dataset.y_train[idx], bs, _loss_name(runtime))
         yield c, correct, n, algo.client_profile(c, client_state)
