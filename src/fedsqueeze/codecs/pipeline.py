@@ -116,7 +116,7 @@ class Pipeline(Codec):
         if header.codec_id != tail.codec_id:
             raise PayloadError(f"pipeline: nested payload is {header.codec_id!r}, expected {tail.codec_id!r}")
         try:
-            same = type(tail).from_config(header.config) == tail
+            same = type(tail).from_payload_config(header.config) == tail
         except CodecError as e:
             raise PayloadError(f"pipeline: nested payload carries an invalid config: {e}") from e
         if not same:
