@@ -13,7 +13,7 @@ from fedsqueeze.codecs.drive import Drive
 from fedsqueeze.codecs.eden import Eden, lloyd_max_gaussian
 from fedsqueeze.codecs.hadamard import ChunkLayout, random_signs
 from fedsqueeze.codecs.spec import decode_any, make_codec
-from fedsqueeze.errors import CodecError
+from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.wire.payload import Header, pack, unpack
 from rotation_kit import bias_over_seeds, sylvester, vnmse
 
@@ -129,3 +129,26 @@ def test_split_golden_fixture_still_decodes(name):
     assert list(out) == list(expected)
     for k, v in out.items():
         assert [float(t).hex() for t in v.reshape(-1).double()] == expected[k], f"{name}: {k} changed"
+
+
+def test_pipeline_payload_from_before_the_layout_option_still_decodes():
+    """A pipeline payload made when ``"drive"`` meant the power-of-two layout: the stage spec says ``drive``
+    and the nested header has no ``layout``; it decodes as that layout, as it did then."""
+    x = long_tail_update(2)
+    old = make_codec("svd(threshold=0.9) | drive(layout='pow2')")
+    payload = old.encode(x, seed=5)
+    want = old.decode(payload)
+    header, body = unpack(payload)
+    inner_header, inner_body = unpack(bytes(body))
+    legacy_inner = pack(Header(inner_header.codec_id, inner_header.seed,
+                               {k: v for k, v in inner_header.config.items() if k != "layout"}, inner_header.tensors),
+                        bytes(inner_body))
+    legacy = pack(Header(header.codec_id, header.seed, {**header.config, "stages": ["svd(threshold=0.9)", "drive"]},
+                         header.tensors), legacy_inner)
+    got = decode_any(legacy)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    # a stage whose written options differ from the nested header's is refused
+    forged = pack(Header(header.codec_id, header.seed, {**header.config, "stages": ["svd(threshold=0.9)", "drive(chunk=512)"]},
+                         header.tensors), legacy_inner)
+    with pytest.raises(PayloadError):
+        decode_any(forged)
