@@ -41,9 +41,7 @@ def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, auth: bool 
               timeout: float | None = None, workdir: Path | None = None, log=print, on_line=print) -> list[dict]:
     """Write the app, start a local federation of ``nodes`` SuperNodes, run, stop; the round history."""
     from fedsqueeze.flower import require_flwr
-    from fedsqueeze.flower.app_template import write_app
     from fedsqueeze.flower.local import LocalFederation
-    from fedsqueeze.metrics.results import read_history
 
     require_flwr()
     if auth and insecure:
@@ -52,6 +50,18 @@ def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, auth: bool 
     if cfg.data.num_clients != nodes:
         raise FedsqueezeError(f"--nodes {nodes} but data.num_clients = {cfg.data.num_clients}: one SuperNode per "
                               f"client; pass --set data.num_clients={nodes} or --nodes {cfg.data.num_clients}")
+    return finish_run(cfg, out, workdir, lambda work: LocalFederation(work, nodes, insecure=insecure, auth=auth,
+                                                                      log=log),
+                      insecure=insecure, timeout=timeout, on_line=on_line)
+
+
+def finish_run(cfg, out: Path, workdir: Path | None, federation, *, insecure: bool, timeout: float | None,
+               on_line) -> list[dict]:
+    """Write the app into the work folder, run it on ``federation(work)`` (a ``LocalFederation``), check that
+    every round is in ``out``; the round history. The work folder is deleted after a success unless given."""
+    from fedsqueeze.flower.app_template import write_app
+    from fedsqueeze.metrics.results import read_history
+
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="fedsqueeze-flower-")) if own else Path(workdir)
     out = Path(out).resolve()
@@ -59,7 +69,7 @@ def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, auth: bool 
     started = time.time()
     ok = False
     try:
-        with LocalFederation(work, nodes, insecure=insecure, auth=auth, log=log) as fed:
+        with federation(work) as fed:
             rc = fed.run(app, timeout=timeout, on_line=on_line)
         summary = out / "summary.csv"
         fresh = summary.exists() and summary.stat().st_mtime >= started  # not a previous run's
@@ -93,6 +103,33 @@ def cmd_local(args) -> int:
     acc = history[-1].get("global_acc")
     print(f"done: {len(history)} rounds, final accuracy {'—' if acc is None else f'{100 * acc:.2f}%'}, "
           f"{history[-1]['cum_bytes']:,} bytes; run folder: {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_sim(args) -> int:
+    from fedsqueeze.flower.local import interrupt_on_termination
+    from fedsqueeze.flower.sim import run_sim
+
+    cfg = _config(args)
+    nodes = args.supernodes if args.supernodes is not None else cfg.data.num_clients
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / f"{cfg.name}-flowersim-{stamp}"
+    print(f"fedsqueeze on Flower's Simulation Engine: {cfg.name}, {nodes} virtual SuperNodes, results in {out}",
+          file=sys.stderr)
+    started = time.perf_counter()
+    try:
+        with interrupt_on_termination():
+            history = run_sim(cfg, nodes, out, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                              ray_address=args.ray_address or "", timeout=args.timeout,
+                              workdir=Path(args.workdir) if args.workdir else None,
+                              log=lambda m: print(m, file=sys.stderr), on_line=print)
+    except KeyboardInterrupt:
+        print("interrupted; the SuperLink and the Ray cluster were stopped", file=sys.stderr)
+        return 130
+    acc = history[-1].get("global_acc")
+    print(f"done: {len(history)} rounds in {time.perf_counter() - started:.1f} s, final accuracy "
+          f"{'—' if acc is None else f'{100 * acc:.2f}%'}, {history[-1]['cum_bytes']:,} bytes; run folder: {out}",
+          file=sys.stderr)
     return 0
 
 
@@ -152,6 +189,26 @@ def add_parser(sub) -> None:
     lo.add_argument("--workdir", help="keep Flower's home, certificates, app and logs here (default: a temp "
                                       "folder, deleted after a successful run)")
     lo.set_defaults(func=cmd_local)
+
+    si = fsub.add_parser("sim", help="run an experiment on Flower's Simulation Engine (Ray; needs fedsqueeze[sim])",
+                         description="Run the same ServerApp/ClientApp on Flower's Simulation Engine: a SuperLink in "
+                                     "simulation mode on 127.0.0.1 and virtual SuperNodes whose ClientApps run in "
+                                     "Ray actors (this machine, or a Ray cluster with --ray-address). Same payload "
+                                     "bytes as `fedsqueeze run`.")
+    si.add_argument("config", help="experiment TOML file")
+    si.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    si.add_argument("--rounds", type=int, help="number of rounds (shortcut for --set rounds=N)")
+    si.add_argument("--supernodes", type=int, metavar="N",
+                    help="virtual SuperNodes = data.num_clients (default: data.num_clients)")
+    si.add_argument("--num-cpus", type=int, metavar="C", help="CPUs per ClientApp (Ray resource; default 2)")
+    si.add_argument("--num-gpus", type=float, metavar="G", help="GPUs per ClientApp (Ray resource; default 0)")
+    si.add_argument("--ray-address", metavar="HOST:PORT",
+                    help="join this Ray cluster (started with `ray start --head`) instead of a private one")
+    si.add_argument("--out", help="run directory (default <output_dir>/<name>-flowersim-<timestamp>)")
+    si.add_argument("--timeout", type=float, help="give up after this many seconds")
+    si.add_argument("--workdir", help="keep Flower's home, the app and the logs here (default: a temp folder, "
+                                      "deleted after a successful run)")
+    si.set_defaults(func=cmd_sim)
 
     c = fsub.add_parser("certs", help="a throw-away CA and SuperLink certificate for trying TLS",
                         description="Write OUT_DIR/ca.crt, server.pem and server.key: a one-day test CA and a "

@@ -162,6 +162,7 @@ class LocalFederation:
         self.superlink: subprocess.Popen | None = None
         self.supernodes: dict[str, subprocess.Popen] = {}
         self._procs: list[subprocess.Popen] = []
+        self.run_args: list[str] = []  # extra `flwr run` arguments (the simulation's --federation-config)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "LocalFederation":
@@ -291,7 +292,7 @@ class LocalFederation:
     def run(self, app_dir: str | Path, *, timeout: float | None = None,
             on_line: Callable[[str], None] = print, run_config: list[str] | None = None) -> int:
         """``flwr run APP --stream`` against this federation; returns its exit code. Raises on timeout."""
-        cmd = ["flwr", "run", str(Path(app_dir).resolve()), CONNECTION, "--stream"]
+        cmd = ["flwr", "run", str(Path(app_dir).resolve()), CONNECTION, "--stream", *self.run_args]
         for item in run_config or []:
             cmd += ["--run-config", item]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
