@@ -38,7 +38,8 @@ def cmd_app(args) -> int:
 
 
 def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, auth: bool = False,
-              timeout: float | None = None, workdir: Path | None = None, log=print, on_line=print) -> list[dict]:
+              timeout: float | None = None, workdir: Path | None = None, log=print, on_line=print,
+              long_lived: bool = True) -> list[dict]:
     """Write the app, start a local federation of ``nodes`` SuperNodes, run, stop; the round history."""
     from fedsqueeze.flower import require_flwr
     from fedsqueeze.flower.local import LocalFederation
@@ -51,7 +52,7 @@ def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, auth: bool 
         raise FedsqueezeError(f"--nodes {nodes} but data.num_clients = {cfg.data.num_clients}: one SuperNode per "
                               f"client; pass --set data.num_clients={nodes} or --nodes {cfg.data.num_clients}")
     return finish_run(cfg, out, workdir, lambda work: LocalFederation(work, nodes, insecure=insecure, auth=auth,
-                                                                      log=log),
+                                                                      log=log, long_lived=long_lived),
                       insecure=insecure, timeout=timeout, on_line=on_line)
 
 
@@ -96,14 +97,38 @@ def cmd_local(args) -> int:
         with interrupt_on_termination():
             history = run_local(cfg, nodes, out, insecure=args.insecure, auth=args.auth, timeout=args.timeout,
                                 workdir=Path(args.workdir) if args.workdir else None,
-                                log=lambda m: print(m, file=sys.stderr), on_line=print)
+                                log=lambda m: print(m, file=sys.stderr), on_line=print,
+                                long_lived=not args.per_message_clientapps)
     except KeyboardInterrupt:
         print("interrupted; the local federation was stopped", file=sys.stderr)
         return 130
     acc = history[-1].get("global_acc")
     print(f"done: {len(history)} rounds, final accuracy {'—' if acc is None else f'{100 * acc:.2f}%'}, "
           f"{history[-1]['cum_bytes']:,} bytes; run folder: {out}", file=sys.stderr)
+    if args.timing:
+        print(timing_report(cfg, history))
     return 0
+
+
+def timing_report(cfg, history: list[dict]) -> str:
+    """Deployment round times against the embedded engine's (in process) on the same config, one line each
+    and the ratio of the medians; the first round (imports, data loading) is reported apart."""
+    import statistics
+
+    from fedsqueeze.engine.simulation import Simulation
+
+    with tempfile.TemporaryDirectory(prefix="fedsqueeze-timing-") as tmp:
+        sim = Simulation(cfg, Path(tmp) / "sim", progress=lambda rec: None, log=lambda msg: None)
+        ref = [rec["round_s"] for rec in sim.run().history]
+    dep = [rec["round_s"] for rec in history]
+    later = slice(1, None) if len(dep) > 1 else slice(None)
+    d, s = statistics.median(dep[later]), statistics.median(ref[later])
+    lines = [f"timing ({cfg.name}, {cfg.data.num_clients} clients, {len(dep)} rounds; seconds per round)",
+             "  deployment: " + " ".join(f"{x:.2f}" for x in dep),
+             "  simulation: " + " ".join(f"{x:.2f}" for x in ref),
+             f"  median round{' after the first' if len(dep) > 1 else ''}: deployment {d:.2f} s, simulation "
+             f"{s:.2f} s, ratio {d / s if s > 0 else float('inf'):.2f}"]
+    return "\n".join(lines)
 
 
 def cmd_sim(args) -> int:
@@ -188,6 +213,11 @@ def add_parser(sub) -> None:
     lo.add_argument("--timeout", type=float, help="give up after this many seconds")
     lo.add_argument("--workdir", help="keep Flower's home, certificates, app and logs here (default: a temp "
                                       "folder, deleted after a successful run)")
+    lo.add_argument("--per-message-clientapps", action="store_true",
+                    help="Flower's default: a fresh ClientApp process per message (slow; default: one long-lived "
+                         "ClientApp process per SuperNode, --isolation process)")
+    lo.add_argument("--timing", action="store_true",
+                    help="afterwards run the same config in the embedded engine and print both round times")
     lo.set_defaults(func=cmd_local)
 
     si = fsub.add_parser("sim", help="run an experiment on Flower's Simulation Engine (Ray; needs fedsqueeze[sim])",
