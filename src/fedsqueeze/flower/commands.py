@@ -39,7 +39,7 @@ def cmd_app(args) -> int:
 
 def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, auth: bool = False,
               timeout: float | None = None, workdir: Path | None = None, log=print, on_line=print,
-              long_lived: bool = True) -> list[dict]:
+              long_lived: bool = True, node_poll_s: float = 0.1) -> list[dict]:
     """Write the app, start a local federation of ``nodes`` SuperNodes, run, stop; the round history."""
     from fedsqueeze.flower import require_flwr
     from fedsqueeze.flower.local import LocalFederation
@@ -52,7 +52,8 @@ def run_local(cfg, nodes: int, out: Path, *, insecure: bool = False, auth: bool 
         raise FedsqueezeError(f"--nodes {nodes} but data.num_clients = {cfg.data.num_clients}: one SuperNode per "
                               f"client; pass --set data.num_clients={nodes} or --nodes {cfg.data.num_clients}")
     return finish_run(cfg, out, workdir, lambda work: LocalFederation(work, nodes, insecure=insecure, auth=auth,
-                                                                      log=log, long_lived=long_lived),
+                                                                      log=log, long_lived=long_lived,
+                                                                      node_poll_s=node_poll_s),
                       insecure=insecure, timeout=timeout, on_line=on_line)
 
 
@@ -89,6 +90,8 @@ def cmd_local(args) -> int:
     from fedsqueeze.flower.local import interrupt_on_termination
 
     cfg = _config(args)
+    if not args.node_poll >= 0:
+        raise FedsqueezeError(f"--node-poll must be >= 0 seconds, got {args.node_poll}")
     nodes = args.nodes if args.nodes is not None else cfg.data.num_clients
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path(cfg.output_dir) / f"{cfg.name}-flower-{stamp}"
@@ -98,7 +101,7 @@ def cmd_local(args) -> int:
             history = run_local(cfg, nodes, out, insecure=args.insecure, auth=args.auth, timeout=args.timeout,
                                 workdir=Path(args.workdir) if args.workdir else None,
                                 log=lambda m: print(m, file=sys.stderr), on_line=print,
-                                long_lived=not args.per_message_clientapps)
+                                long_lived=not args.per_message_clientapps, node_poll_s=args.node_poll)
     except KeyboardInterrupt:
         print("interrupted; the local federation was stopped", file=sys.stderr)
         return 130
@@ -216,6 +219,9 @@ def add_parser(sub) -> None:
     lo.add_argument("--per-message-clientapps", action="store_true",
                     help="Flower's default: a fresh ClientApp process per message (slow; default: one long-lived "
                          "ClientApp process per SuperNode, --isolation process)")
+    lo.add_argument("--node-poll", type=float, default=0.1, metavar="S",
+                    help="an idle SuperNode asks the SuperLink for work every S seconds (default 0.1 on loopback; "
+                         "0 = Flower's fixed 3 s)")
     lo.add_argument("--timing", action="store_true",
                     help="afterwards run the same config in the embedded engine and print both round times")
     lo.set_defaults(func=cmd_local)

@@ -148,7 +148,7 @@ class LocalFederation:
 
     def __init__(self, workdir: str | Path, nodes: int, *, insecure: bool = False, auth: bool = False,
                  log: Callable[[str], None] = print, startup_timeout: float = 90.0,
-                 long_lived: bool = True) -> None:
+                 long_lived: bool = True, node_poll_s: float = 0.0) -> None:
         if auth and insecure:
             raise FedsqueezeError("SuperNode authentication needs TLS (Flower refuses it in plaintext); "
                                   "drop --insecure or --auth")
@@ -171,6 +171,9 @@ class LocalFederation:
         # (restarted by a supervisor thread if it dies while its SuperNode lives); else Flower's fresh
         # flwr-clientapp process per message
         self.long_lived = long_lived
+        # node_poll_s > 0: SuperNodes wait at most this long between polls (fast_supernode) instead of
+        # Flower's fixed 3 s when idle
+        self.node_poll_s = node_poll_s
         self.workers: dict[str, subprocess.Popen] = {}
         self._runtime_port: dict[str, int] = {}
         self._stopping = threading.Event()
@@ -261,8 +264,10 @@ class LocalFederation:
         if key is None and self.auth and i < len(self.keys):
             key = self.keys[i].private
         port = free_port()
+        launcher = [sys.executable, "-m", "fedsqueeze.flower.fast_supernode", str(self.node_poll_s)] \
+            if self.node_poll_s > 0 else ["flower-supernode"]
         proc = self._spawn(name, [
-            "flower-supernode", *(self.tls_args("supernode") if tls_args is None else tls_args),
+            *launcher, *(self.tls_args("supernode") if tls_args is None else tls_args),
             "--superlink", self.address, "--port", str(port),
             "--node-config", f"partition-id={i} num-partitions={self.nodes}",
             *(["--isolation", "process"] if self.long_lived else []),
