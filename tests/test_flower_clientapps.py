@@ -65,3 +65,20 @@ def test_long_lived_clientapps_load_once_and_are_restarted(tmp_path):
     finally:
         fed.stop()
     assert not fed.pids(), "processes survived the federation's stop()"
+
+
+def test_timing_report_compares_medians_after_the_first_round():
+    from fedsqueeze.config import from_dict
+    from fedsqueeze.flower.commands import timing_report
+
+    cfg = from_dict(digits_config(rounds=3, data__num_clients=3, train__clients_per_round=2))
+    text = timing_report(cfg, [{"round_s": 9.0}, {"round_s": 1.0}, {"round_s": 3.0}])
+    lines = text.splitlines()
+    assert lines[0] == "timing (t-digits, 3 clients, 3 rounds; seconds per round)"
+    assert lines[1] == "  deployment: 9.00 1.00 3.00"
+    sim = [float(x) for x in lines[2].split(":")[1].split()]
+    assert len(sim) == 3 and all(x > 0 for x in sim)
+    m = re.search(r"deployment 2\.00 s, simulation ([0-9.]+) s, ratio ([0-9.]+)", lines[3])
+    assert m, text
+    s, ratio = float(m.group(1)), float(m.group(2))  # both printed to 2 decimals
+    assert 2.0 / (s + 0.005) - 0.005 <= ratio <= (2.0 / (s - 0.005) if s > 0.005 else float("inf")) + 0.005
