@@ -1,4 +1,4 @@
-"""``fedsqueeze flower app | local``: the command-line side of the Flower adapter (flwr imported lazily)."""
+"""``fedsqueeze flower app | local | sim | certs``: the command-line side of the Flower adapter (flwr imported lazily)."""
 from __future__ import annotations
 
 import argparse
