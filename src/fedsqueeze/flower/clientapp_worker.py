@@ -16,7 +16,8 @@ Start it next to each SuperNode (``fedsqueeze flower local`` does this itself)::
     python -m fedsqueeze.flower.clientapp_worker --runtime-api-address 127.0.0.1:9094 --insecure
 
 Only fedsqueeze apps (FAB publisher ``fedsqueeze``) are run; another app's task is answered with an error.
-With ``--parent-pid`` the worker exits when that process (the SuperNode) does.
+With ``--parent-pid`` the worker exits when that process (the SuperNode) does; while the SuperNode's Runtime
+API cannot be reached (it is starting, or restarting) the worker retries, as Flower's own SuperExec does.
 """
 from __future__ import annotations
 

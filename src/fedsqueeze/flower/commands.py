@@ -182,7 +182,7 @@ def cmd_certs(args) -> int:
 
 
 def add_parser(sub) -> None:
-    f = sub.add_parser("flower", help="run experiments on Flower's Deployment Engine (needs fedsqueeze[flower])",
+    f = sub.add_parser("flower", help="run experiments on Flower's Deployment or Simulation Engine (needs fedsqueeze[flower])",
                        description="Real deployments on Flower: write a Flower app for an experiment, or run one "
                                    "on a local federation (SuperLink + SuperNodes on 127.0.0.1).")
     fsub = f.add_subparsers(dest="flower", required=True, metavar="ACTION")
