@@ -114,12 +114,16 @@ def cmd_local(args) -> int:
 
 
 def timing_report(cfg, history: list[dict]) -> str:
-    """Deployment round times against the embedded engine's (in process) on the same config, one line each
-    and the ratio of the medians; the first round (imports, data loading) is reported apart."""
+    """Deployment round times against the embedded engine's (in process, one torch thread, as `fedsqueeze
+    run`) on the same config, one line each and the ratio of the medians; the first round (imports, data
+    loading) is reported apart."""
     import statistics
+
+    import torch
 
     from fedsqueeze.engine.simulation import Simulation
 
+    torch.set_num_threads(1)  # as `fedsqueeze run` and every ClientApp
     with tempfile.TemporaryDirectory(prefix="fedsqueeze-timing-") as tmp:
         sim = Simulation(cfg, Path(tmp) / "sim", progress=lambda rec: None, log=lambda msg: None)
         ref = [rec["round_s"] for rec in sim.run().history]
