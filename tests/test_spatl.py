@@ -213,7 +213,8 @@ def test_spatl_learns_digits_and_uploads_less_than_fedavg(tmp_path, digits):
     assert spatl.ledger.total("up") < 0.6 * fedavg.ledger.total("up")
     m = last["client_metrics"]
     assert m["upload_ratio"] <= 0.3 + 1e-9 and 0 < m["flops_ratio"] < 1
-    assert {r.kind for r in spatl.ledger} == {"model", "control", "update"}
+    # the explicit kept-channel mask travels beside the update (rl selector, the default, since the agent)
+    assert {r.kind for r in spatl.ledger} == {"model", "control", "update", "mask"}
 
 
 def test_spatl_runs_on_resnet20(tmp_path, digits):
