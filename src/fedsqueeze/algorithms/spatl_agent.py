@@ -31,14 +31,21 @@ Episodes and returns
     normalised over each batch (``normalize_advantage``).
 Reward
     validation accuracy of the pruned model − ``penalty`` · max(0, cost/budget − 1), cost being the
-    FLOPs or upload-bytes fraction (``target``) of the ratios the agent chose.
+    FLOPs or upload-bytes fraction (``target``) of the evaluated keep. With ``fit`` (default) the
+    drawn ratios are first moved onto the budget (``fit_budget``, below), as AMC bounds its actions
+    so that every episode meets the budget and GNN-RL ends an episode once it does: the agent then
+    learns how to share the budget among layers, and the penalty only bites when even ``min_ratio``
+    everywhere is over budget. ``fit = False`` scores the ratios as drawn (the penalty then teaches
+    the agent the budget itself; the final selection is still fitted).
 Update
     PPO's clipped surrogate: L = −mean(min(ρA, clip(ρ, 1 − ε, 1 + ε)A)) + c_v · mean((V − R)²)
     − c_e · mean(entropy), ρ = exp(log π_new − log π_old); ``epochs`` Adam steps per batch.
 Selection
-    After fine-tuning, the deterministic ratios are shrunk towards ``min_ratio`` (the same fraction
-    t of each layer's slack, the largest t found by bisection) until the cost meets the budget;
-    within a layer the filters of largest L2 norm are kept (as the greedy selector does).
+    After fine-tuning, the deterministic ratios are moved onto the budget (``fit_budget``): shrunk
+    towards ``min_ratio`` when over it, grown towards 1 when under it (one common fraction of every
+    layer's slack, by bisection), so the agent decides how the budget is shared among layers and the
+    upload always meets it; within a layer the filters of largest L2 norm are kept (as the greedy
+    selector does).
 
 The agent's weights are a plain ``{name: tensor}`` mapping (saved with ``engine.safe_io``, never
 pickle); ``fedsqueeze spatl pretrain-agent`` writes one (``algorithms.spatl_pretrain``).
@@ -69,6 +76,7 @@ class AgentConfig:
     epochs: int = 4             # Adam steps per batch of episodes
     batch: int = 8              # episodes per PPO update
     penalty: float = 2.0        # reward penalty per unit of relative overshoot of the budget
+    fit: bool = True            # score each episode's ratios moved onto the budget (False: as drawn)
     init_log_std: float = -0.5
     normalize_advantage: bool = True
 
@@ -155,21 +163,31 @@ def ratios_to_counts(problem: SelectionProblem, ratios: list[float]) -> dict[str
 
 
 def fit_budget(problem: SelectionProblem, ratios: list[float]) -> dict[str, int]:
-    """Keep counts from ``ratios``, each layer's slack above ``min_ratio`` shrunk by one common factor t
-    (the largest meeting the budget, by bisection; t = 0 if even that does not)."""
-    def counts(t: float) -> dict[str, int]:
+    """Keep counts from ``ratios`` moved onto the budget: over it, every layer's slack above
+    ``min_ratio`` shrinks by one common fraction (the least that meets the budget; all at
+    ``min_ratio`` if nothing does); under it, every layer's gap to 1 closes by one common fraction
+    (the most that still meets the budget). Bisection, 30 steps."""
+    def cost(counts: dict[str, int]) -> float:
+        return problem.cost.fraction(counts)
+
+    def shrink(t: float) -> dict[str, int]:
         return ratios_to_counts(problem, [problem.min_ratio + t * (r - problem.min_ratio) for r in ratios])
 
-    if problem.cost.fraction(counts(1.0)) <= problem.budget + 1e-12:
-        return counts(1.0)
+    def grow(t: float) -> dict[str, int]:
+        return ratios_to_counts(problem, [r + t * (1.0 - r) for r in ratios])
+
+    over = cost(shrink(1.0)) > problem.budget + 1e-12
+    move = shrink if over else grow
     lo, hi = 0.0, 1.0
-    for _ in range(30):
+    if not over and cost(grow(1.0)) <= problem.budget + 1e-12:
+        return grow(1.0)
+    for _ in range(30):  # invariant: shrink(lo) / grow(lo) meets the budget
         mid = (lo + hi) / 2
-        if problem.cost.fraction(counts(mid)) <= problem.budget + 1e-12:
+        if cost(move(mid)) <= problem.budget + 1e-12:
             lo = mid
         else:
             hi = mid
-    return counts(lo)
+    return move(lo)
 
 
 class Agent:
@@ -199,8 +217,9 @@ class Agent:
         return (problem.min_ratio + (1 - problem.min_ratio) * torch.sigmoid(u)).tolist()
 
     def reward(self, problem: SelectionProblem, ratios: list[float]) -> tuple[float, float, float]:
-        """(reward, validation accuracy, cost fraction) of the keep the ratios give (no budget fitting)."""
-        counts = ratios_to_counts(problem, ratios)
+        """(reward, validation accuracy, cost fraction) of the keep the ratios give (moved onto the budget
+        first when ``config.fit``)."""
+        counts = fit_budget(problem, ratios) if self.config.fit else ratios_to_counts(problem, ratios)
         cost = problem.cost.fraction(counts)
         acc = problem.score(problem.keep(counts))[0]
         return acc - self.config.penalty * max(0.0, cost / problem.budget - 1.0), acc, cost
