@@ -213,6 +213,10 @@ def test_spatl_learns_digits_and_uploads_less_than_fedavg(tmp_path, digits):
     assert spatl.ledger.total("up") < 0.6 * fedavg.ledger.total("up")
     m = last["client_metrics"]
     assert m["upload_ratio"] <= 0.3 + 1e-9 and 0 < m["flops_ratio"] < 1
+    # the pruned personal models (the clients' last selections applied to the current encoder) beside
+    # the unpruned ones; never-sampled clients count with the unpruned model (FLOPs fraction 1)
+    assert last["personal_acc_pruned"] > 0.6 and 0 < last["flops_pruned"] < 1
+    assert "personal_acc_pruned" not in fedavg.history[-1]
     # the explicit kept-channel mask travels beside the update (rl selector, the default, since the agent)
     assert {r.kind for r in spatl.ledger} == {"model", "control", "update", "mask"}
 
@@ -223,3 +227,52 @@ def test_spatl_runs_on_resnet20(tmp_path, digits):
     res = fedsqueeze.run(cfg, run_dir=tmp_path, dataset=digits, plot=False)
     last = res.history[-1]
     assert last["personal_acc"] > 0.1 and last["client_metrics"]["flops_ratio"] <= 0.8 + 1e-9
+
+
+# ---- explicit kept mask, pruned personal model ------------------------------------------------------
+def test_explicit_mask_averages_a_kept_filter_whose_update_is_zero():
+    """16 filters in encoder.0.0 (small CNN). A (n=1) keeps filters 0, 1 and its update of filter 0 is
+    exactly zero; B (n=3) keeps 0 and 2. Filter 0 = (1*0 + 3*4)/4 = 3; inferred from zeros it would be 4."""
+    from fedsqueeze.codecs.bitmask import BitMask
+
+    algo = _algo()
+    x = {"encoder.0.0.bias": torch.ones(16)}
+    state = {"weights": x, "c": {"encoder.0.0.bias": torch.zeros(16)}}
+    full = {g.layer: torch.ones(g.channels) for g in algo._groups()}
+
+    def reply(client, n, kept, values):
+        bias = torch.zeros(16)
+        bias[kept] = T(values)
+        mask = {**full, "encoder.0.0": torch.zeros(16)}
+        mask["encoder.0.0"][kept] = 1.0
+        up = {"update": {"encoder.0.0.bias": bias}, "control": {"encoder.0.0.bias": torch.zeros(16)}, "mask": mask}
+        wire = {k: algo.codec(k, "up", 1) for k in up}  # through the wire: rowsparse drops the zero filter
+        return Reply(client, n, {k: wire[k].decode(wire[k].encode(v)) for k, v in up.items()}, None)
+
+    a, b = reply(0, 1, [0, 1], [0.0, 2.0]), reply(1, 3, [0, 2], [4.0, 6.0])
+    out = algo.aggregate(state, 1, 0, [a, b])["weights"]["encoder.0.0.bias"]
+    assert out[:4].tolist() == [4.0, 3.0, 7.0, 1.0] and torch.equal(out[4:], torch.ones(12))
+    inferred = algo.aggregate(state, 1, 0, [Reply(r.client, r.num_samples, {k: v for k, v in r.up.items()
+                                                                             if k != "mask"}, None) for r in (a, b)])
+    assert inferred["weights"]["encoder.0.0.bias"][0] == 5.0  # the old zero-pattern inference: B alone
+    # the mask is one bit per channel: filters 0, 1 of 16 -> 0b11000000 0b00000000
+    assert BitMask().encode_tensor(T([1.0, 1.0] + [0.0] * 14), 0) == bytes([0b11000000, 0])
+    assert torch.equal(BitMask().decode_tensor(memoryview(bytes([0b10100000])), (3,), 0), T([1.0, 0.0, 1.0]))
+    with pytest.raises(PayloadError):
+        BitMask().decode_tensor(memoryview(bytes([0b10100001])), (3,), 0)  # padding bit set
+
+
+def test_pruned_personal_model_zeroes_the_unkept_channels():
+    torch.manual_seed(0)
+    model = SmallCNN((1, 8, 8), 10)
+    algo = _algo()
+    server = algo.init_server(model)
+    keep = {g.layer: torch.ones(g.channels, dtype=torch.bool) for g in algo._groups()}
+    keep["encoder.0.0"][8:] = False
+    head = {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
+    slot, w, flops = algo.pruned_personal_model(server, {"head": head, "keep": keep})
+    assert slot == "model" and not w["encoder.0.0.weight"][8:].any() and not w["encoder.0.3.weight"][:, 8:].any()
+    assert torch.equal(w["encoder.0.0.weight"][:8], server["weights"]["encoder.0.0.weight"][:8])
+    assert flops == pytest.approx((9216 / 2 + 73728 / 2 + 8192 + 640) / (9216 + 73728 + 8192 + 640))
+    _, w0, f0 = algo.pruned_personal_model(server, None)  # never sampled: the unpruned initial model
+    assert f0 == 1.0 and torch.equal(w0["encoder.0.0.weight"], server["weights"]["encoder.0.0.weight"])

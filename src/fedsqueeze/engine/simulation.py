@@ -29,7 +29,7 @@ from fedsqueeze.data.sources import Dataset
 from fedsqueeze.engine import delta, faults, vectorized
 from fedsqueeze.engine.atomic import crash_point
 from fedsqueeze.engine.device import compute_mode, worker_devices
-from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy
+from fedsqueeze.engine.evaluation import global_accuracy, personal_accuracies, pooled_accuracy, pruned_personal
 from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
 from fedsqueeze.engine.run_state import RunState
 from fedsqueeze.engine.runtime import COMPUTE_KEY, ClientFailure, Runtime, payload_seed, run_client_safely
@@ -357,6 +357,9 @@ class Simulation(RunState):
                                                                     self.dataset, bs)
         if self._due(self.cfg.eval.personal_every, rnd):
             rec["personal_acc"], rec["personal_acc_clients"] = self._personal(bs)
+            if hasattr(self.algo, "pruned_personal_model") and rec["personal_acc"] is not None:  # SPATL
+                rec.update(pruned_personal(self.runtime, self.algo, self.server_state, self.store, self.partition,
+                                           self.dataset, self.cfg.data.num_clients, bs))
         rec["eval_s"] = time.perf_counter() - t0
         return rec
 
