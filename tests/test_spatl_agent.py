@@ -131,3 +131,43 @@ def test_same_seed_same_selections_and_weights(digits_problem):
     r3, _, _ = (lambda a: (a.finetune(digits_problem, 8, torch.Generator().manual_seed(4)), None, None))(
         Agent(AgentConfig(), init_seed=7))
     assert r3 != r1
+
+
+# ---- pre-training and agent files -----------------------------------------------------------------
+def test_pretrain_agent_writes_a_safe_file_that_clients_start_from(tmp_path, digits):
+    import fedsqueeze
+    from conftest import digits_config
+    from fedsqueeze.algorithms.spatl_agent_io import load_agent
+    from fedsqueeze.algorithms.spatl_pretrain import pretrain_agent
+    from fedsqueeze.config import from_dict
+    from fedsqueeze.engine import safe_io
+    from fedsqueeze.errors import ConfigError
+
+    raw = digits_config(rounds=1, algorithm={"name": "spatl", "budget": 0.5, "agent_episodes": 4},
+                        model={"name": "small_cnn", "options": {}}, eval={"every": 0, "personal_every": 0})
+    cfg = from_dict(raw)
+    out = tmp_path / "agent.fsq"
+    info = pretrain_agent(cfg, out, clients=2, episodes=8, dataset=digits, log=lambda *_: None)
+    assert len(info["clients"]) == 2 and not safe_io.is_legacy_pickle(out.read_bytes())
+    weights = load_agent(out, 32)
+    fresh = Agent(AgentConfig(), init_seed=0).weights()
+    assert set(weights) == set(fresh) and any(not torch.equal(weights[k], fresh[k]) for k in fresh)
+    # same config, same seed -> the same file
+    pretrain_agent(cfg, tmp_path / "again.fsq", clients=2, episodes=8, dataset=digits, log=lambda *_: None)
+    assert (tmp_path / "again.fsq").read_bytes() == out.read_bytes()
+    # a client's agent starts from it (no file: from the seeded init)
+    from fedsqueeze.algorithms.base import Setup
+    from fedsqueeze.algorithms.spatl import SPATL, SPATLParams
+    setup = Setup("small_cnn", {}, (1, 8, 8), 10, rounds=1)
+    started = SPATL(SPATLParams(agent=str(out)), setup).new_agent().weights()
+    assert all(torch.equal(started[k], weights[k]) for k in weights)
+    seeded = SPATL(SPATLParams(), setup).new_agent().weights()
+    assert all(torch.equal(seeded[k], SPATL(SPATLParams(), setup).new_agent().weights()[k]) for k in seeded)
+    res = fedsqueeze.run({**raw, "algorithm": {**raw["algorithm"], "agent": str(out)}}, run_dir=tmp_path / "r",
+                         dataset=digits, plot=False)
+    assert res.history[-1]["client_metrics"]["flops_ratio"] <= 0.5 + 1e-9
+    with pytest.raises(ConfigError, match="agent_hidden = 32"):
+        load_agent(out, 16)
+    (tmp_path / "bad.fsq").write_bytes(b"not an agent")
+    with pytest.raises(ConfigError, match="not a SPATL agent file"):
+        load_agent(tmp_path / "bad.fsq", 32)

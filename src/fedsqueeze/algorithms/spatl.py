@@ -153,6 +153,10 @@ class PrunedScorer:
         touched = tensor_masks({k: v.shape for k, v in weights.items()}, groups, keep_all(groups))
         self.live = {k: live[k] for k in touched}
 
+    def detached(self) -> "PrunedScorer":
+        """The same scorer on its own copy of the module (the runtime's module is reused by every client)."""
+        return PrunedScorer(copy.deepcopy(self.model), self.weights, self.groups, self.x, self.y)
+
     def __call__(self, keep: Keep) -> tuple[float, float]:
         masks = tensor_masks({k: t.shape for k, t in self.live.items()}, self.groups, keep)
         with torch.no_grad():
