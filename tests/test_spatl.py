@@ -276,3 +276,17 @@ def test_pruned_personal_model_zeroes_the_unkept_channels():
     assert flops == pytest.approx((9216 / 2 + 73728 / 2 + 8192 + 640) / (9216 + 73728 + 8192 + 640))
     _, w0, f0 = algo.pruned_personal_model(server, None)  # never sampled: the unpruned initial model
     assert f0 == 1.0 and torch.equal(w0["encoder.0.0.weight"], server["weights"]["encoder.0.0.weight"])
+
+
+def test_compare_table_shows_the_pruned_personal_accuracy_when_a_run_has_one():
+    from fedsqueeze.compare.table import display_rows
+
+    base = {"codec_up": "fp32", "codec_down": "fp32", "budget_mb": None, "final_acc": None, "personal_acc": 0.9,
+            "mb_total": 12.0, "mb_to_target": None, "x_fewer_bytes": None, "rounds_to_target": None,
+            "wall_s_to_target": None}
+    rows = [{**base, "run": "spatl", "personal_acc_pruned": 0.875, "flops_pruned": 0.6},
+            {**base, "run": "fedper", "personal_acc_pruned": None, "flops_pruned": None}]
+    head, body = display_rows(rows, [])
+    assert head[4] == "pruned personal acc (FLOPs)" and body[0][4] == "87.50% (60%)" and body[1][4] == "—"
+    head, body = display_rows(rows[1:], [])
+    assert "pruned personal acc (FLOPs)" not in head and len(body[0]) == len(head)

@@ -12,30 +12,42 @@ client state, as in FedPer). Per round, on a sampled client:
 2. Salient parameter selection (``salient.SELECTORS[selector]``): per encoder conv/linear layer,
    which output channels to keep so that the pruned model's cost — ``target = "flops"`` (conv +
    linear multiply–accumulates of the whole model) or ``"bytes"`` (values of the encoder upload) —
-   is at most ``budget`` of the unpruned one. Default: L2-norm filter ranking, per-layer keep
-   ratios searched greedily against accuracy on the validation split.
+   is at most ``budget`` of the unpruned one. Default (``selector = "rl"``): the paper's agent
+   (``spatl_agent``: a graph encoder over the layer graph + a PPO actor–critic giving per-layer keep
+   ratios, rewarded with the pruned model's validation accuracy), which each client fine-tunes
+   ``agent_episodes`` episodes per round from its own copy (kept in its state; the first copy is the
+   pre-trained ``agent`` file, or the seeded init); within a layer the filters of largest L2 norm
+   are kept. ``greedy``: per-layer keep ratios searched greedily on the validation split; ``none``:
+   no pruning (the control).
 3. Upload the encoder update Δ = y − x restricted to the kept channels: the rows of the kept
    filters (and their biases / batch-norm entries) and, in the next layer, the input slices of the
    kept channels — exactly the parameters of the pruned encoder — and the control-variate delta
    Δc = c_i⁺ − c_i restricted the same way; c_i is updated only where Δc was sent.
 
 Wire (message kinds): down ``model`` (the encoder, configured down codec) and ``control`` (c, with
-``control_codec``); up ``update`` and ``control``. Both uploads go through the ``rowsparse`` codec
-(bitmaps of kept rows and input slices + the kept block) with fp32 values (fp16 if the configured
-up codec / ``control_codec`` is fp16; any other configured up codec is used as it is). The server
-recovers each client's kept coordinates from the zero pattern of what it decoded (a kept row
-whose update is exactly zero is indistinguishable from a dropped one; it would add zero anyway).
+``control_codec``); up ``update``, ``control`` and ``mask``. The first two go through the
+``rowsparse`` codec (bitmaps of non-zero rows and input slices + that block) with fp32 values (fp16
+if the configured up codec / ``control_codec`` is fp16; any other configured up codec is used as it
+is). ``mask`` is the kept-channel mask of every prunable layer, one bit per channel (``bitmask``):
+the server takes each client's kept coordinates from it, so a kept filter whose update is exactly
+zero is averaged in as a zero (a reply without a ``mask``, e.g. from an older client, falls back to
+the zero pattern of the decoded update).
 
 Server: ``aggregation = "masked"`` (the paper's intent): x_j ← x_j + η_g · (weighted mean of Δ_ij
 over the clients i that sent coordinate j; unchanged if none did). c_j ← c_j + (|S_j|/N) · mean of
 those clients' Δc_ij (|S_j|/N := 1 when ``num_clients`` = 0, the released code's plain mean).
 
+Evaluation: beside ``personal_acc`` (the unpruned personal model), ``pruned_personal_model`` gives
+the engine each client's deployed model — its last selection applied to the current encoder with
+its head — reported as ``personal_acc_pruned`` and ``flops_pruned``.
+
 Reply metrics (the engine reports their sample-weighted means per round under ``client_metrics``):
 ``flops_ratio`` (pruned / full model MACs of the selected keep; ``fedsqueeze.models.flops``),
 ``upload_ratio`` (kept / all encoder values), ``val_acc`` and ``val_acc_pruned`` (validation
 accuracy before and after pruning; the latter is optimistic, the same split chose the keep),
-``train_loss``. Selection costs validation passes: ``greedy`` one per layer per notch, so for deep
-models (ResNet-20: 9 prunable layers) ``selector = "lazy_greedy"`` is several times cheaper.
+``train_loss``. Selection costs validation passes: ``rl`` one per episode (+ 2), ``greedy`` one per
+layer per notch, so for deep models (ResNet-20: 9 prunable layers) ``selector = "lazy_greedy"`` is
+several times cheaper than greedy.
 
 Where the released code (github.com/yusx-swapp/SPATL) differs from the paper — each a switch:
 - gradient correction scaled by 1/100 (``control_scale = 0.01``; default 1.0, SCAFFOLD's);
@@ -46,8 +58,8 @@ Where the released code (github.com/yusx-swapp/SPATL) differs from the paper —
 Differences with no switch: the released code rewards its pruning agent on the client's local
 *test* split (we use a validation split carved from training data); its control variates also
 cover batch-norm buffers (ours: trainable parameters only); it prunes conv layers only (we also
-prune the encoder's linear layers in chain models); and its agent is the RL one (not provided,
-see ``salient``). The paper does not say whether control deltas are uploaded for every encoder
+prune the encoder's linear layers in chain models); our agent is a small version of its RL agent
+(see ``spatl_agent`` for where it differs). The paper does not say whether control deltas are uploaded for every encoder
 parameter; we restrict them to the salient ones (same mask), which keeps c = mean of the c_i.
 """
 from __future__ import annotations
