@@ -171,3 +171,17 @@ def test_pretrain_agent_writes_a_safe_file_that_clients_start_from(tmp_path, dig
     (tmp_path / "bad.fsq").write_bytes(b"not an agent")
     with pytest.raises(ConfigError, match="not a SPATL agent file"):
         load_agent(tmp_path / "bad.fsq", 32)
+
+
+def test_pretrain_cli_refuses_a_config_that_is_not_spatl(tmp_path, capsys):
+    from conftest import digits_config
+    from fedsqueeze.cli import main
+    from fedsqueeze.config import from_dict, to_toml
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(to_toml(from_dict(digits_config()).to_dict()))
+    assert main(["spatl", "pretrain-agent", str(cfg), "--out", str(tmp_path / "a.fsq")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: spatl pretrain-agent needs a SPATL config (algorithm.name = \"spatl\"), not 'fedavg'"]
+    assert main(["spatl", "pretrain-agent", str(cfg), "--out", str(tmp_path), "--set", "algorithm.name=spatl"]) == 2
+    assert "is a folder" in capsys.readouterr().err
