@@ -59,8 +59,9 @@ Differences with no switch: the released code rewards its pruning agent on the c
 *test* split (we use a validation split carved from training data); its control variates also
 cover batch-norm buffers (ours: trainable parameters only); it prunes conv layers only (we also
 prune the encoder's linear layers in chain models); our agent is a small version of its RL agent
-(see ``spatl_agent`` for where it differs). The paper does not say whether control deltas are uploaded for every encoder
-parameter; we restrict them to the salient ones (same mask), which keeps c = mean of the c_i.
+(see ``spatl_agent`` for where it differs). The paper does not say whether control deltas are
+uploaded for every encoder parameter; we restrict them to the salient ones (same mask), which keeps
+c = mean of the c_i.
 """
 from __future__ import annotations
 
