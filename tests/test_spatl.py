@@ -320,3 +320,27 @@ def test_spatl_rl_resume_equals_the_uninterrupted_run(tmp_path, digits):
     assert strip(resumed.history) == strip(full.history)
     assert resumed.ledger.to_state() == full.ledger.to_state()
     assert all("personal_acc_pruned" in rec for rec in resumed.history)
+
+
+def test_spatl_rl_over_the_flower_adapter_equals_the_simulation(tmp_path, digits, monkeypatch):
+    """Same bytes (the mask message included) and the same server state through the Flower adapter."""
+    pytest.importorskip("flwr")
+    from flower_kit import FakeGrid, flat_state, set_task_identity
+
+    from fedsqueeze.config import from_dict
+    from fedsqueeze.engine.simulation import Simulation
+    from fedsqueeze.flower.server_app import FlowerServer
+
+    set_task_identity(monkeypatch)
+    cfg = digits_config(rounds=2, data={"source": "digits", "num_clients": 3, "partition": "dirichlet", "alpha": 0.5},
+                        train={"clients_per_round": 3, "local_epochs": 1, "batch_size": 16, "lr": 0.1},
+                        algorithm={"name": "spatl", "budget": 0.5, "agent_episodes": 4},
+                        model={"name": "small_cnn", "options": {}}, eval={"every": 0, "personal_every": 0},
+                        engine={"round_timeout": 0.3, "retries": 0, "min_replies": 1})
+    sim = Simulation(from_dict(cfg), tmp_path / "sim", dataset=digits)
+    ref = sim.run()
+    server = FlowerServer(from_dict(cfg), tmp_path / "flower", FakeGrid(cfg, 3), dataset=digits, log=lambda *_: None)
+    res = server.run()
+    assert res.ledger.to_state() == ref.ledger.to_state() and "mask" in {r.kind for r in res.ledger}
+    a, b = flat_state(sim.server_state), flat_state(server.server_state)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
