@@ -155,6 +155,10 @@ def test_pretrain_agent_writes_a_safe_file_that_clients_start_from(tmp_path, dig
     # same config, same seed -> the same file
     pretrain_agent(cfg, tmp_path / "again.fsq", clients=2, episodes=8, dataset=digits, log=lambda *_: None)
     assert (tmp_path / "again.fsq").read_bytes() == out.read_bytes()
+    # --rounds: pre-trained on the clients' models after a warm-up run without pruning
+    warm = pretrain_agent(cfg, tmp_path / "warm.fsq", clients=1, episodes=4, rounds=1, dataset=digits,
+                          log=lambda *_: None)
+    assert warm["clients"] == info["clients"][:1] and set(load_agent(tmp_path / "warm.fsq", 32)) == set(weights)
     # a client's agent starts from it (no file: from the seeded init)
     from fedsqueeze.algorithms.base import Setup
     from fedsqueeze.algorithms.spatl import SPATL, SPATLParams
