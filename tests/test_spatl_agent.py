@@ -134,6 +134,7 @@ def test_same_seed_same_selections_and_weights(digits_problem):
 
 
 # ---- pre-training and agent files -----------------------------------------------------------------
+@pytest.mark.slow
 def test_pretrain_agent_writes_a_safe_file_that_clients_start_from(tmp_path, digits):
     import fedsqueeze
     from conftest import digits_config
