@@ -1,4 +1,4 @@
-"""The command line: ``fedsqueeze run | compare | personal | plot | list | presets | init | bench | flower``.
+"""The command line: ``fedsqueeze run | compare | personal | plot | list | presets | init | bench | flower | spatl``.
 
 ``--help`` on each. torch and the other heavy modules are imported inside the commands that need them, so
 ``fedsqueeze --help``, ``presets`` and ``init`` start in a fraction of a second.
@@ -411,11 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_bench(sub)
     _add_flower(sub)
+    _add_spatl(sub)
     return p
 
 
 def _add_bench(sub) -> None:
     from fedsqueeze.bench.commands import add_parser
+    add_parser(sub)
+
+
+def _add_spatl(sub) -> None:
+    from fedsqueeze.algorithms.spatl_pretrain import add_parser
     add_parser(sub)
 
 

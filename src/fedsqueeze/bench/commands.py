@@ -87,9 +87,11 @@ def cmd_bench_codecs(args) -> int:
     check_ranges(args, dim=(16, 1 << 28), repeats=(1, 1000), warmup=(0, 1000), clients=(1, 1000))
     console = Console(width=160)
     if getattr(args, "speed", False):
-        from fedsqueeze.bench import codec_speed
+        from fedsqueeze.bench import codec_speed, speed
 
-        return codec_speed.main(console, args.speed_params, args.repeats)
+        if not args.codecs or "rdq" in [c.strip() for c in args.codecs.split(",")]:
+            codec_speed.main(console, args.speed_params, args.repeats)
+        return speed.main(args, console)
     out = Path(args.out)
     check_out_folder(out)
     wanted = None
@@ -143,7 +145,8 @@ def add_parser(sub) -> None:
     bc.add_argument("--repeats", type=int, default=5)
     bc.add_argument("--out", default="runs/bench-codecs")
     bc.add_argument("--speed", action="store_true",
-                    help="only the entropy coders' encode/decode MB/s on one big Gaussian tensor (rdq ans, ctx, gamma)")
+                    help="only speed tables: the entropy coders' encode/decode MB/s on one big Gaussian tensor (rdq "
+                         "ans, ctx, gamma; unless --codecs leaves rdq out), then every codec's (--codecs picks ids)")
     bc.add_argument("--speed-params", type=int, default=10_000_000, help="parameters of the --speed tensor")
     bc.set_defaults(func=cmd_bench_codecs)
     bf = bsub.add_parser("fuzz", help="hostile payloads against the decoders: only our own errors allowed",

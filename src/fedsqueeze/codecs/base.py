@@ -90,6 +90,13 @@ class Codec:
         except TypeError as e:
             raise CodecError(f"codec {cls.codec_id!r}: {e}") from e
 
+    @classmethod
+    def from_payload_config(cls, config: Mapping[str, Any]) -> "Codec":
+        """The codec that wrote a payload whose header carries ``config``. Same as ``from_config``,
+        except where a codec gained an option whose absence means the older format (DRIVE/EDEN's
+        ``layout``): old payloads keep decoding as they were written."""
+        return cls.from_config(config)
+
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.get_config().items())
         return f"{self.codec_id}({args})" if args else self.codec_id
@@ -232,7 +239,7 @@ def decode_with(cls: type[Codec], header: Header, body: memoryview, *,
     if total > max_numel:
         raise PayloadError(f"payload declares {total} elements, more than the allowed {max_numel}")
     try:
-        codec = cls.from_config(header.config)
+        codec = cls.from_payload_config(header.config)
     except CodecError as e:
         raise PayloadError(f"payload carries an invalid codec config: {e}") from e
     try:

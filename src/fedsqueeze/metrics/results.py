@@ -14,6 +14,14 @@ ROUND_FIELDS = ["round", "global_acc", "global_loss", "personal_acc", "personal_
                 "clients", "rejected", "no_reply", "stragglers", "skipped", "client_metrics", "bytes_up", "bytes_down",
                 "cum_bytes_up", "cum_bytes_down", "cum_bytes", "round_s", "eval_s", "elapsed_s", "client_s"]
 TIMING_FIELDS = ("round_s", "eval_s", "elapsed_s", "client_s")
+# written only by the runs that report them (SPATL's pruned personal models), after the fixed fields
+OPTIONAL_FIELDS = ("personal_acc_pruned", "flops_pruned")
+
+
+def _record(rec: dict, fields: list[str] | tuple[str, ...] = ROUND_FIELDS) -> dict:
+    out = {k: _clean(rec.get(k)) for k in fields}
+    out.update({k: _clean(rec[k]) for k in OPTIONAL_FIELDS if k in rec})
+    return out
 
 
 def _clean(v: Any) -> Any:
@@ -85,21 +93,22 @@ class RunWriter:
     def rewrite_rounds(self, history: list[dict]) -> None:
         with open(self.dir / "metrics.jsonl", "w") as f:
             for rec in history:
-                f.write(json.dumps({k: _clean(rec.get(k)) for k in round_fields([rec])}) + "\n")
+                f.write(json.dumps(_record(rec, round_fields([rec]))) + "\n")
 
     def append_round(self, rec: dict) -> None:
         with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: _clean(rec.get(k)) for k in round_fields([rec])}) + "\n")
+            f.write(json.dumps(_record(rec, round_fields([rec]))) + "\n")
 
     def finish(self, result: Result) -> None:
         extra = sorted({k for rec in result.history for k in (rec.get("client_metrics") or {})})
         base = [f for f in round_fields(result.history) if f not in ("client_metrics", "client_s")]
-        fields = base + [f"client_{k}" for k in extra]
+        optional = [k for k in OPTIONAL_FIELDS if any(k in rec for rec in result.history)]
+        fields = base + optional + [f"client_{k}" for k in extra]
         with open(self.dir / "rounds.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             for rec in result.history:
-                row = {k: _clean(rec.get(k)) for k in base}
+                row = _record(rec, base)
                 row.update({f"client_{k}": _clean(v) for k, v in (rec.get("client_metrics") or {}).items()})
                 w.writerow(row)
         summary = result.summary()
