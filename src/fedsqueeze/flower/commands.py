@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import tempfile
@@ -24,13 +25,19 @@ def cmd_app(args) -> int:
     from fedsqueeze.flower import require_flwr
     from fedsqueeze.flower.app_template import write_app
 
+    host, _, port = args.superlink.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise FedsqueezeError(f"--superlink {args.superlink[:60]!r} must be HOST:PORT with a port in [1, 65535], "
+                              "e.g. --superlink 127.0.0.1:8000")
+    _check_hosts(host, (host.strip("[]"),))
     require_flwr()
     cfg = _config(args)
     if args.auth and args.insecure:
         raise FedsqueezeError("SuperNode authentication needs TLS (Flower refuses it in plaintext); "
                               "drop --insecure or --auth")
     out = write_app(cfg, args.out_dir, insecure=args.insecure, run_dir=args.run_dir or "",
-                    superlink=args.superlink, source=args.config, auth=args.auth)
+                    superlink=args.superlink, auth=args.auth,  # the path goes into a TOML comment: one line
+                    source=args.config.translate({i: "?" for i in [*range(32), 127]}))
     print(f"wrote the Flower app for {cfg.name!r} to {out}/ (pyproject.toml, fedsqueeze_app/, README.md)")
     mode = "plaintext (--insecure)" if args.insecure else "TLS" + (" + SuperNode authentication" if args.auth else "")
     print(f"{mode}; how to run it: {out / 'README.md'}")
@@ -89,6 +96,10 @@ def finish_run(cfg, out: Path, workdir: Path | None, federation, *, insecure: bo
 def cmd_local(args) -> int:
     from fedsqueeze.flower.local import interrupt_on_termination
 
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise FedsqueezeError(f"--timeout must be a finite number of seconds > 0, got {args.timeout!r}")
+    if args.nodes is not None and not 1 <= args.nodes <= 1000:
+        raise FedsqueezeError(f"--nodes must be an integer in [1, 1000], got {args.nodes}")
     cfg = _config(args)
     if not args.node_poll >= 0:
         raise FedsqueezeError(f"--node-poll must be >= 0 seconds, got {args.node_poll}")
@@ -165,6 +176,26 @@ def cmd_sim(args) -> int:
     return 0
 
 
+def _check_hosts(text: str, hosts: tuple[str, ...]) -> None:
+    """Each host is an IP address or a DNS name (letters, digits, '-', '.'; at most 253 characters)."""
+    import ipaddress
+    import re
+
+    if not hosts:
+        raise FedsqueezeError(f"--hosts {text[:60]!r} names no host; give comma-separated names or addresses, "
+                              "e.g. --hosts 127.0.0.1,localhost")
+    for h in hosts:
+        try:
+            ipaddress.ip_address(h)
+            continue
+        except ValueError:
+            pass
+        if len(h) > 253 or not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                                            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", h):
+            raise FedsqueezeError(f"--hosts entry {h[:60]!r} is neither an IP address nor a DNS name; give e.g. "
+                                  "--hosts 127.0.0.1,localhost,server.example.org")
+
+
 def cmd_certs(args) -> int:
     from fedsqueeze.flower.tls import make_certificates
 
@@ -172,7 +203,13 @@ def cmd_certs(args) -> int:
 
     if args.supernode_keys < 0:
         raise FedsqueezeError(f"--supernode-keys must be >= 0, got {args.supernode_keys}")
+    if args.supernode_keys > 1000:
+        raise FedsqueezeError(f"--supernode-keys must be at most 1000, got {args.supernode_keys}")
     hosts = tuple(h.strip() for h in args.hosts.split(",") if h.strip())
+    _check_hosts(args.hosts, hosts)
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FedsqueezeError(f"{args.out_dir} exists and is not a folder; give a folder for the certificates")
     certs = make_certificates(args.out_dir, hosts)
     print(f"wrote {certs.ca} (CA: --root-certificates for SuperNodes, root-certificates for flwr), "
           f"{certs.cert} and {certs.key} (the SuperLink's --ssl-certfile/--ssl-keyfile) for {', '.join(hosts)}; "

@@ -120,5 +120,41 @@ class RunWriter:
 
 
 def read_history(run_dir: Path) -> list[dict]:
+    """The round records of ``metrics.jsonl``; a damaged file is a one-line DataError naming the line."""
+    from fedsqueeze.errors import DataError
+
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is damaged (not UTF-8 text); the run's records cannot be read") from None
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError):
+            rec = None
+        if not isinstance(rec, dict) or not isinstance(rec.get("round"), int) \
+                or not isinstance(rec.get("cum_bytes", 0), (int, float)):
+            raise DataError(f"{path} is damaged at line {number} (not a round record); restore the file or "
+                            "rerun that run")
+        out.append(rec)
+    return out
+
+
+def check_run_config(run_dir: Path) -> None:
+    """A one-line DataError unless ``run_dir/config.json`` (if present) is a readable run config."""
+    from fedsqueeze.errors import DataError
+
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return
+    try:
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        cfg = None
+    if not (isinstance(cfg, dict) and isinstance(cfg.get("codec"), dict) and isinstance(cfg.get("algorithm"), dict)
+            and isinstance(cfg.get("name"), str) and isinstance(cfg["algorithm"].get("name"), str)):
+        raise DataError(f"{path} is damaged (not a run config); restore it from the run's config.toml")
