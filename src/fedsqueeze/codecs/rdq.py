@@ -73,8 +73,8 @@ import torch
 
 from fedsqueeze.codecs import ctx as ctx_coder
 from fedsqueeze.codecs.base import Codec, host_tensors
-from fedsqueeze.codecs.bits import decode_records, encode_records
 from fedsqueeze.codecs.entropy import decode_symbols, encode_symbols
+from fedsqueeze.codecs.rdq_gamma import gamma_decode, gamma_encode
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.seeding import derive_seed
 from fedsqueeze.wire.varint import Reader, encode_varint, write_chunk
@@ -84,7 +84,6 @@ CODERS = ("gamma", "ans", "ctx")
 ALLOCS = ("one", "rd")
 QMAX = 1 << 20
 _F32 = struct.Struct("<f")
-_RECORD = ["gamma", 1, "gamma"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,31 +266,12 @@ def _check_vote_options(c: RDQ) -> None:
 
 
 def _gamma_encode(q: np.ndarray) -> bytes:
-    """varint m, then per non-zero: γ(zero run + 1), sign bit, γ(|q|) (the paper's universal code)."""
-    nz = np.flatnonzero(q)
-    if not len(nz):
-        return encode_varint(0)
-    runs = np.diff(nz, prepend=-1)  # = zeros since the previous non-zero + 1
-    v = q[nz].astype(np.int64)
-    data, _ = encode_records([runs, (v < 0).astype(np.int64), np.abs(v)], _RECORD)
-    return encode_varint(len(nz)) + data
+    """varint m, then per non-zero: γ(zero run + 1), sign bit, γ(|q|) (``fedsqueeze.codecs.rdq_gamma``)."""
+    return gamma_encode(q)
 
 
 def _gamma_decode(data: memoryview, numel: int) -> np.ndarray:
-    r = Reader(data)
-    m = r.varint(limit=numel)
-    stream = r.take(r.remaining())
-    (runs, neg, mag), _ = decode_records(stream, m, _RECORD, strict=True)
-    q = np.zeros(numel, dtype=np.int32)
-    if not m:
-        return q
-    if runs.max() > numel or mag.max() > 1 << 31:
-        raise PayloadError("rdq: zero run or level beyond the tensor's size or int32")
-    pos = np.cumsum(runs) - 1
-    if pos[-1] >= numel:
-        raise PayloadError(f"rdq: non-zero at position {int(pos[-1])} in a tensor of {numel}")
-    q[pos] = np.where(neg.astype(bool), -mag, mag)
-    return q
+    return gamma_decode(data, numel)
 
 
 # ---- budget mode: the finest step whose payload fits ---------------------------------------------------
