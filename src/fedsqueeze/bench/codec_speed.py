@@ -16,10 +16,11 @@ import torch
 
 from fedsqueeze.codecs.spec import make_codec
 
-SPECS = ["rdq(step=1.0, normalize=True, coder='ans')",
-         "rdq(step=1.0, normalize=True, coder='ctx')",
-         "rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.1)",
-         "rdq(step=1.0, normalize=True)"]  # the γ code
+SPECS = ["rdq(step=1.0, normalize=True, coder='ans', dead_zone=0.0, alloc='one')",
+         "rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.0, alloc='one')",
+         "rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.1, alloc='one')",
+         "rdq(step=1.0, normalize=True, coder='gamma', dead_zone=0.0, alloc='one')",  # the γ code
+         "rdq"]  # the default: ctx, dead zone 0.1, alloc='rd'
 
 
 def update_like(params: int, seed: int = 0) -> torch.Tensor:

@@ -90,6 +90,17 @@ class Codec:
         except TypeError as e:
             raise CodecError(f"codec {cls.codec_id!r}: {e}") from e
 
+    def spec_config(self) -> dict[str, Any]:
+        """Options that rebuild this codec through ``from_config``/``make_codec`` today (unlike a
+        header's ``get_config``, which may omit a field whose omission has a fixed old meaning)."""
+        return self.get_config()
+
+    @classmethod
+    def from_header_config(cls, config: Mapping[str, Any]) -> "Codec":
+        """The sender's codec from a payload header's config (a codec whose header omits a field
+        whose default changed gives that field its old meaning here)."""
+        return cls.from_config(config)
+
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.get_config().items())
         return f"{self.codec_id}({args})" if args else self.codec_id
@@ -232,7 +243,7 @@ def decode_with(cls: type[Codec], header: Header, body: memoryview, *,
     if total > max_numel:
         raise PayloadError(f"payload declares {total} elements, more than the allowed {max_numel}")
     try:
-        codec = cls.from_config(header.config)
+        codec = cls.from_header_config(header.config)
     except CodecError as e:
         raise PayloadError(f"payload carries an invalid codec config: {e}") from e
     try:
