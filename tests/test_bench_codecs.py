@@ -103,3 +103,12 @@ def test_speed_bench_command(capsys):
     assert main(["bench", "codecs", "--speed", "--speed-params", "8000", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "coder='ctx'" in out and "load average" in out
+    assert "constriction AnsCoder only" in out and "constriction Range coder only" in out
+
+
+def test_constriction_only_rows_code_the_rdq_symbols():
+    from fedsqueeze.bench.codec_speed import constriction_only
+
+    rows = constriction_only(8000, repeats=1)
+    assert [r["codec"] for r in rows] == ["constriction AnsCoder only", "constriction Range coder only"]
+    assert all(r["params"] == 8000 and r["encode_MBps"] > 0 and r["decode_MBps"] > 0 for r in rows)
