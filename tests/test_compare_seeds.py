@@ -151,3 +151,31 @@ def test_two_seed_suite_end_to_end(tmp_path, capsys):
     assert main(["compare", str(path), "--out", str(out), "--seeds", "0,x"]) == 2
     assert main(["compare", str(path), "--out", str(out), "--seeds", "0,1", "--rerun", "fp16/seed7"]) == 2
     assert "not one of the suite's seeds" in capsys.readouterr().err
+
+
+def test_parallel_jobs_give_the_runs_of_one_at_a_time(tmp_path, capsys):
+    """compare --jobs 2: every run in its own spawned process; each run's metrics and ledger are byte for byte
+    those of the same suite run one at a time."""
+    from fedsqueeze.cli import main
+
+    path = _suite(tmp_path)
+    assert main(["compare", str(path), "--out", str(tmp_path / "serial"), "--quiet", "--seeds", "1"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(path), "--out", str(tmp_path / "par"), "--quiet", "--seeds", "1", "--jobs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "running 2 runs, 2 at a time" in err and err.count(": done in ") == 2
+    for entry in ("fp32", "fp16"):
+        for seed in (1,):
+            a, b = (tmp_path / o / "tiny" / entry / f"seed{seed}" for o in ("serial", "par"))
+            for f in ("metrics.jsonl", "ledger.csv"):
+                assert _strip_time(a / f) == _strip_time(b / f), (entry, seed, f)
+    assert main(["compare", str(path), "--out", str(tmp_path / "par"), "--jobs", "0"]) == 2
+
+
+def _strip_time(path):
+    """A run file without its wall-clock fields (they differ between any two runs)."""
+    if path.suffix == ".jsonl":
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        return [{k: v for k, v in r.items() if "time" not in k and not k.endswith("_s")} for r in rows]
+    rows = list(csv.DictReader(open(path)))
+    return [{k: v for k, v in r.items() if "time" not in k and not k.endswith("_s")} for r in rows]

@@ -160,7 +160,7 @@ def cmd_compare(args) -> int:
         return _progress_printer(cfg.rounds, console) if not args.quiet else (_Quiet(), None)
 
     run_suite(suite, args.out, workers=args.workers, device=args.device, rerun=tuple(args.rerun or ()), only=tuple(args.only or ()),
-              console=console, progress_factory=progress_factory)
+              console=console, progress_factory=progress_factory, jobs=args.jobs)
     return 0
 
 
@@ -307,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("suite", help="suite TOML file, e.g. configs/suites/fmnist-noniid.toml")
     c.add_argument("--out", default="runs/compare", help="where run folders and results go (default runs/compare)")
     c.add_argument("--workers", type=int, help="client worker processes per run (0 = in process)")
+    c.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one torch thread "
+                   "(default 1; results are the same as one at a time)")
     c.add_argument("--device", help="where clients train and models are evaluated: auto (CUDA if available), cpu, cuda, cuda:N, mps" + " for every run (a finished run counts as done on any device)")
     c.add_argument("--only", action="append", metavar="RUN", help="run only this suite entry, or ENTRY/seedN with --seeds (repeatable)")
     c.add_argument("--rerun", action="append", metavar="RUN", help="discard and redo this entry (all its seeds), or ENTRY/seedN (repeatable)")

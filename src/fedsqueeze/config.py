@@ -119,6 +119,10 @@ class EngineConfig:
     devices: list = field(default_factory=list)  # worker pool: devices its workers use round-robin, e.g. ["cuda:0", "cuda:1"]
     deterministic: bool = True        # CUDA: deterministic kernels (torch.use_deterministic_algorithms, cuDNN, cuBLAS)
     tf32: bool = False                # CUDA: allow TF32 matmuls/convolutions (faster, ~1e-3 relative error)
+    # stragglers in time (simulation; engine/deadline.py): compute + simulated transfer time over the deadline
+    deadline_s: float = 0.0           # seconds a client has per step; 0 = no deadline
+    network: Any = ""                 # deadline_s: a compare network profile (lte, wifi, ... or a table); "" = no transfer time
+    seconds_per_sample: float = 0.0   # deadline_s: modelled compute (s per training sample); 0 = measured wall time
 
 
 @dataclass
@@ -177,6 +181,8 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("engine.max_update_norm", lambda v: v >= 0, "a number >= 0 (0 = no bound)"),
     ("engine.dropout", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("engine.straggler", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("engine.deadline_s", lambda v: 0 <= v < float("inf"), "a number of seconds >= 0 (0 = no deadline)"),
+    ("engine.seconds_per_sample", lambda v: 0 <= v < float("inf"), "a number of seconds >= 0 (0 = measured time)"),
 ]
 
 

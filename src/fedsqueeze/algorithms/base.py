@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -210,12 +212,34 @@ def weighted_mean(messages: list[Tensors], weights: list[float]) -> Tensors:
     if total <= 0:
         raise ValueError("weights must sum to a positive number")
     out: Tensors = {}
-    for name in messages[0]:
-        acc = torch.zeros_like(messages[0][name], dtype=torch.float64)
-        for m, w in zip(messages, weights):
-            acc += m[name].to(torch.float64) * (w / total)
-        out[name] = acc.to(messages[0][name].dtype)
+    with _elementwise_threads(sum(t.numel() for t in messages[0].values()) * len(messages)):
+        for name in messages[0]:
+            acc = torch.zeros_like(messages[0][name], dtype=torch.float64)
+            term = torch.empty_like(acc)  # one scratch buffer per tensor: acc += m.to(float64) * (w / total), in place
+            for m, w in zip(messages, weights):
+                term.copy_(m[name])
+                term.mul_(w / total)
+                acc.add_(term)
+            out[name] = acc.to(messages[0][name].dtype)
     return out
+
+
+@contextmanager
+def _elementwise_threads(work: int, most: int = 8):
+    """Up to ``most`` torch threads (half the machine's cores, leaving room for pool workers; none extra on
+    2 cores) for a large purely element-wise job: each value is computed by the same operations in the
+    same order whichever thread computes it, so the result is bit-for-bit the single-threaded one (unlike
+    a reduction's). The caller's thread count is restored."""
+    before = torch.get_num_threads()
+    want = min(most, (os.cpu_count() or 1) // 2)
+    if work < (1 << 20) or want <= before:
+        yield
+        return
+    torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def add(a: Tensors, b: Tensors, scale: float = 1.0) -> Tensors:

@@ -46,7 +46,9 @@ class FedAvg(Algorithm):
         model = ctx.model()
         load_float_state(model, down["model"])
         loss, steps = train_locally(model, ctx)
-        return Reply(ctx.client, len(ctx.data), {"update": sub(float_state(model), down["model"])},
+        trained = {k: v.detach() for k, v in model.state_dict().items() if v.is_floating_point()}
+        # Δ = w_i − w straight from the module's tensors (no clone of the trained weights first)
+        return Reply(ctx.client, len(ctx.data), {"update": sub(trained, down["model"])},
                      state, {"train_loss": loss})
 
     def vector_job(self, ctx: ClientContext, down: Messages, state: dict | None) -> VectorJob:

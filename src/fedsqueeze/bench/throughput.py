@@ -52,6 +52,9 @@ def measure_speed(model: str, *, workers: tuple[int, ...] = (0, 1, 2), rounds: i
     """One row per side (the plain loop first, then each engine worker mode): median seconds per
     round, client updates per second, ratio vs the plain loop and the final-weight difference."""
     torch.set_num_threads(1)
+    if data is None:  # loaded once for every side
+        from fedsqueeze.engine.simulation import load_dataset
+        data = load_dataset(bench_config(model, dataset=dataset, data_dir=data_dir))
     with ExitStack() as stack:
         sims = {w: stack.enter_context(engine_side(bench_config(model, dataset=dataset, data_dir=data_dir, k=k,
                                                                 workers=w, device=device), data))
@@ -76,14 +79,40 @@ def measure_speed(model: str, *, workers: tuple[int, ...] = (0, 1, 2), rounds: i
         times = interleaved(sides, rounds, report)
         diffs = {_engine_mode(w): max_weight_diff(sim, plain) for w, sim in sims.items()}
     plain_s = statistics.median(times[PLAIN])
+    inproc = _engine_mode(0)
+    inproc_s = statistics.median(times[inproc]) if inproc in times else None
     worker_count = {_engine_mode(w): w for w in workers}
     rows = []
     for side, ts in times.items():
         s = statistics.median(ts)
-        rows.append({"model": model, "device": str(first.runtime.device), "mode": side, "workers": worker_count.get(side, ""),
+        w = worker_count.get(side, "")
+        # scaling: the pool against the in-process engine (speedup), and that per worker (efficiency)
+        speedup = inproc_s / s if inproc_s is not None and side != PLAIN else None
+        rows.append({"model": model, "device": str(first.runtime.device), "mode": side, "workers": w,
                      "clients_per_round": k, "rounds": rounds, "s_per_round": s, "updates_per_s": k / s,
-                     "ratio_vs_plain": plain_s / s, "max_abs_weight_diff": diffs.get(side, 0.0)})
+                     "ratio_vs_plain": plain_s / s, "max_abs_weight_diff": diffs.get(side, 0.0),
+                     "speedup_vs_in_process": speedup,
+                     "efficiency": speedup / w if speedup is not None and isinstance(w, int) and w > 0 else None})
     return rows
+
+
+def measure_speed_isolated(model: str, *, workers: tuple[int, ...], rounds: int, k: int, dataset: str,
+                           data_dir: str | None, device: str, timeout: float = 3600) -> list[dict[str, Any]]:
+    """:func:`measure_speed` in a fresh Python process (its progress lines pass through on stderr).
+
+    Each model gets its own process because the pools are forked: a process that has already run
+    backward passes (the previous model) may have started autograd's device threads — it does on a
+    machine with CUDA, even for CPU work — and a child forked after that cannot train ("Unable to
+    handle autograd's threading in combination with fork-based multiprocessing")."""
+    spec = {"model": model, "workers": list(workers), "rounds": rounds, "k": k, "dataset": dataset,
+            "data_dir": data_dir, "device": device}
+    proc = subprocess.run([sys.executable, "-m", "fedsqueeze.bench.throughput", "--speed-run", json.dumps(spec)],
+                          stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise FedsqueezeError(f"the speed measurement subprocess for {model} failed (exit {proc.returncode}; "
+                              "its error is above); fix it or measure fewer modes, e.g. --workers 0,2")
+    return json.loads(lines[-1])
 
 
 # ---- memory -----------------------------------------------------------------------------------------
@@ -200,12 +229,25 @@ def _speed_table(console, rows: list[dict[str, Any]]) -> None:
 
     t = Table(title="client updates per second (median of the measured rounds; ratio = engine ÷ plain loop, "
                     ">1 = faster)")
-    for col in ("model", "mode", "updates/s", "ratio vs plain loop", "s/round", "max |Δw| vs plain"):
+    for col in ("model", "mode", "updates/s", "ratio vs plain loop", "× in process", "efficiency", "s/round",
+                "max |Δw| vs plain"):
         t.add_column(col, justify="right")
+    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         t.add_row(r["model"], r["mode"], f"{r['updates_per_s']:.2f}", f"{r['ratio_vs_plain']:.3f}",
+                  fmt(r.get("speedup_vs_in_process"), ".2f"), fmt(r.get("efficiency"), ".0%"),
                   f"{r['s_per_round']:.3f}", "—" if r["mode"] == PLAIN else f"{r['max_abs_weight_diff']:.1e}")
     console.print(t)
+    import os
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    console.print(f"scaling measured on {os.cpu_count()} cores, load average after the runs {load[0]:.2f} "
+                  f"{load[1]:.2f} {load[2]:.2f} (× in process = in-process engine s/round ÷ pool s/round; "
+                  "efficiency = that ÷ workers)")
+    for r in rows:
+        if r.get("efficiency") is not None:
+            console.print(f"  {r['model']} {r['clients_per_round']} clients/round, {r['workers']} workers: "
+                          f"{r['speedup_vs_in_process']:.2f}× the in-process engine, efficiency "
+                          f"{r['efficiency']:.0%}")
 
 
 def _memory_table(console, rows: list[dict[str, Any]]) -> None:
@@ -274,14 +316,12 @@ def main(args) -> int:
                       f"{args.clients_per_round}/round, 1 local epoch, batch 32; modes: {PLAIN} (1 process), "
                       + ", ".join(_engine_mode(w) for w in workers)
                       + f"; {args.rounds} measured rounds after 1 warm-up, interleaved with rotating order")
-        data = load_dataset(bench_config("mlp", dataset=args.dataset, data_dir=args.data_dir))
+        load_dataset(bench_config("mlp", dataset=args.dataset, data_dir=args.data_dir))  # a missing dataset: error here
         speed: list[dict[str, Any]] = []
-        for model in models:
-            speed += measure_speed(model, workers=tuple(workers), rounds=args.rounds, k=args.clients_per_round,
-                                   dataset=args.dataset, data_dir=args.data_dir, data=data,
-                                   progress=lambda msg: console.print(f"[dim]{msg}[/]"),
-                                   device=getattr(args, "device", None) or "cpu")
-        del data
+        for model in models:  # each in a fresh process (see measure_speed_isolated)
+            speed += measure_speed_isolated(model, workers=tuple(workers), rounds=args.rounds, k=args.clients_per_round,
+                                            dataset=args.dataset, data_dir=args.data_dir,
+                                            device=getattr(args, "device", None) or "cpu")
         _speed_table(console, speed)
         _write_csv(out / "throughput.csv", speed)
         console.print(f"wrote {out / 'throughput.csv'}")
@@ -307,7 +347,15 @@ def main(args) -> int:
 
 
 def _memory_run_entry(argv: list[str]) -> int:
-    """``python -m fedsqueeze.bench.throughput --memory-run JSON``: one memory measurement, one JSON line."""
+    """``python -m fedsqueeze.bench.throughput --memory-run JSON``: one memory measurement, one JSON line
+    (``--speed-run JSON``: one model's speed rows, progress on stderr)."""
+    if len(argv) == 2 and argv[0] == "--speed-run":
+        spec = json.loads(argv[1])
+        rows = measure_speed(spec["model"], workers=tuple(spec["workers"]), rounds=spec["rounds"], k=spec["k"],
+                             dataset=spec["dataset"], data_dir=spec["data_dir"], device=spec["device"],
+                             progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        print(json.dumps(rows))
+        return 0
     if len(argv) != 2 or argv[0] != "--memory-run":
         print("usage: python -m fedsqueeze.bench.throughput --memory-run '{\"total_clients\": 1000, ...}'",
               file=sys.stderr)

@@ -78,7 +78,9 @@ def status(run_dir: Path, cfg: Config) -> str:
 
 def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, device: str | None = None, rerun: tuple[str, ...] = (),
               only: tuple[str, ...] = (), console: Any = None,
-              progress_factory: Callable[[Config], tuple[Any, Any]] | None = None) -> dict[str, Any]:
+              progress_factory: Callable[[Config], tuple[Any, Any]] | None = None, jobs: int = 1) -> dict[str, Any]:
+    """Run the suite's pending runs (``jobs`` > 1: that many at once, each in its own process with one
+    torch thread; every run's results are the same as when run alone), then ``report``."""
     import fedsqueeze
 
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -90,8 +92,11 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, devi
         if seed and (not seed.isdigit() or int(seed) not in suite.seeds):
             raise ConfigError(f"{name!r}: seed {seed!r} is not one of the suite's seeds "
                               f"({', '.join(map(str, suite.seeds))}); name an entry or ENTRY/seedN")
-    jobs = [j for j in suite.jobs() if not only or j[1].name in only or j[0] in only]
-    for i, (key, spec, folder) in enumerate(jobs, 1):
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be a whole number >= 1, got {jobs!r}")
+    todo = [j for j in suite.jobs() if not only or j[1].name in only or j[0] in only]
+    pending: list[tuple[str, Config, Path, str]] = []
+    for i, (key, spec, folder) in enumerate(todo, 1):
         run_dir = out_dir / folder
         if not rundir.inside(run_dir, out_dir):  # names are checked by load_suite; belt and braces
             raise ConfigError(f"suite run {key!r} would live outside {out_dir}; rename it")
@@ -103,7 +108,7 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, devi
                               f"pass --rerun {spec.name} to start it afresh (or delete the folder)")
         if redo:  # replace the run's own files, inside its folder only (nothing is rmtree'd)
             state = "fresh"
-        head = f"[{i}/{len(jobs)}] {key}"
+        head = f"[{i}/{len(todo)}] {key}"
         if state == "done":
             say(f"{head}: cached ({run_dir})")
             continue
@@ -111,6 +116,9 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, devi
             f"up={tbl._spec_text(cfg.codec.up)} down={tbl._spec_text(cfg.codec.down)}")
         if note:
             say(f"  {note}")
+        if jobs > 1:
+            pending.append((key, cfg, run_dir, state))
+            continue
         prog = update = None
         if progress_factory is not None:
             prog, update = progress_factory(cfg)
@@ -122,7 +130,50 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, devi
         finally:
             if prog is not None:
                 prog.stop()
+    if pending:
+        _run_parallel(pending, jobs, say)
     return report(suite, out_dir, console=console)
+
+
+def _run_one(cfg: dict, run_dir: str, state: str) -> dict[str, Any]:
+    """One suite run in a worker process (spawned: nothing inherited but the arguments)."""
+    import fedsqueeze
+
+    t0 = time.perf_counter()
+    result = fedsqueeze.run(from_dict(cfg), run_dir=run_dir, resume=state == "resume", overwrite=state == "fresh",
+                            plot=False, threads=1)
+    last = result.history[-1] if result.history else {}
+    return {"seconds": time.perf_counter() - t0, "acc": last.get("global_acc")}
+
+
+def _run_parallel(pending: list[tuple[str, Config, Path, str]], jobs: int, say: Callable[..., Any]) -> None:
+    """Run ``pending`` with ``jobs`` processes; every run finishes (or fails) before the first error is raised."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    say(f"running {len(pending)} runs, {min(jobs, len(pending))} at a time")
+    errors: list[tuple[str, BaseException]] = []
+    with ProcessPoolExecutor(max_workers=min(jobs, len(pending)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_one, cfg.to_dict(), str(run_dir), state): key
+                   for key, cfg, run_dir, state in pending}
+        for n, fut in enumerate(as_completed(futures), 1):
+            key = futures[fut]
+            try:
+                info = fut.result()
+            except Exception as e:  # noqa: BLE001 - reported below, after the other runs finish
+                errors.append((key, e))
+                say(f"  [{n}/{len(pending)}] {key}: failed — {e}")
+                continue
+            acc = info["acc"]
+            say(f"  [{n}/{len(pending)}] {key}: done in {info['seconds']:.0f} s"
+                + (f", final accuracy {100 * acc:.2f}%" if isinstance(acc, float) else ""))
+    if errors:
+        key, err = errors[0]
+        more = f" ({len(errors) - 1} more failed)" if len(errors) > 1 else ""
+        if isinstance(err, ConfigError):
+            raise ConfigError(f"suite run {key!r}: {err}{more}") from err
+        raise RuntimeError(f"suite run {key!r} failed: {err}{more}") from err
 
 
 def load_groups(suite: Suite, out_dir: Path) -> dict[str, dict[int, tbl.RunData]]:

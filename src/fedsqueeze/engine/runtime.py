@@ -63,8 +63,27 @@ def run_client_safely(runtime: "Runtime", client: int, rnd: int, step: int, down
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 — any client fault is rejected, never propagated
-        return ClientFailure(f"raised {type(e).__name__}: {e}", traceback.format_exc(limit=8),
-                             isinstance(e, faults.InjectedFault))
+        return failure_of(e)
+
+
+def failure_of(e: Exception) -> ClientFailure:
+    """The ``ClientFailure`` of a client that raised ``e`` (call inside its ``except`` block)."""
+    return ClientFailure(f"raised {type(e).__name__}: {e}", traceback.format_exc(limit=8),
+                         isinstance(e, faults.InjectedFault))
+
+
+def host_copy(obj: Any) -> Any:
+    """``obj`` with every tensor copied to the CPU (a copy even of a CPU tensor: nothing aliases the
+    reusable module's weights, so it can be encoded while the next client trains)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [host_copy(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(host_copy(v) for v in obj)
+    return obj
 
 
 def dataset_on(dataset: Dataset, device: torch.device) -> Dataset:
@@ -175,18 +194,25 @@ class Runtime:
         return self._down_on_device[1]
 
     def close_client(self, ctx: ClientContext, reply, stored: dict, mirror: Messages | None,
-                     t0: float) -> tuple[dict[str, bytes], dict | None, int, dict[str, float]]:
+                     t0: float, on_host: tuple | None = None,
+                     codecs: dict[str, Any] | None = None) -> tuple[dict[str, bytes], dict | None, int, dict[str, float]]:
         """After ``client_update``: faults, encoding with the uplink codecs (of CPU tensors: the bytes never
-        depend on the device), the new stored state (CPU tensors)."""
+        depend on the device), the new stored state (CPU tensors). ``on_host``: (uploads, state) already
+        copied to the CPU (``host_copy``), and ``codecs``: the uplink codec of each kind, taken right after
+        ``client_update`` — when the encoding runs on another thread while the algorithm serves the next
+        client (an algorithm may choose a client's codec in ``client_update``, e.g. the rdq step vote)."""
         client, rnd, step = ctx.client, ctx.round, ctx.step
         on_device = self.device.type != "cpu"
-        reply_up, reply_state = (to_cpu(reply.up), to_cpu(reply.state)) if on_device else (reply.up, reply.state)
+        if on_host is not None:
+            reply_up, reply_state = on_host
+        else:
+            reply_up, reply_state = (to_cpu(reply.up), to_cpu(reply.state)) if on_device else (reply.up, reply.state)
         fault = faults.client_fault(self.cfg, rnd, step, client)  # None unless engine.faults is set
         up = faults.corrupt(fault, reply_up) if fault in ("shape", "scale") else reply_up
         codec_states: dict[str, Any] = dict(stored.get("codec", {}))
         payloads: dict[str, bytes] = {}
         for kind, tensors in up.items():
-            codec = self.algo.codec(kind, "up", rnd)
+            codec = codecs[kind] if codecs is not None and kind in codecs else self.algo.codec(kind, "up", rnd)
             seed = payload_seed(self.cfg.seed, "up", rnd, step, client, kind)
             if fault == "nan":
                 payloads[kind] = faults.encode_unguarded(codec, faults.with_nan(tensors), seed)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,13 @@ from fedsqueeze.data.sources import Dataset
 from fedsqueeze.engine import delta, faults, vectorized
 from fedsqueeze.engine.atomic import crash_point
 from fedsqueeze.engine.device import compute_mode, worker_devices
+from fedsqueeze.engine.deadline import Deadline
 from fedsqueeze.engine.evaluation import global_metrics, personal_accuracies, pooled_accuracy
+from fedsqueeze.engine.overlap import Admission, spare_core, without
 from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
 from fedsqueeze.engine.run_state import RunState
-from fedsqueeze.engine.runtime import COMPUTE_KEY, ClientFailure, Runtime, payload_seed, run_client_safely
+from fedsqueeze.engine.runtime import (COMPUTE_KEY, ClientFailure, Runtime, failure_of, host_copy, payload_seed,
+                                       run_client_safely)
 from fedsqueeze.engine.sampling import clients_per_round, sample_clients
 from fedsqueeze.engine.validation import Rejection, TooFewReplies, admit
 from fedsqueeze.errors import ConfigError, DataError, FedsqueezeError
@@ -103,6 +107,11 @@ class Simulation(RunState):
         # per step: new states of clients that replied (committed only if the reply is accepted), failures
         self._staged: dict[int, Any] = {}
         self._failed: dict[int, ClientFailure] = {}
+        self._encode_behind = self.device.type != "cpu"  # uploads encoded while the next client trains
+        # replies decoded and checked while the next client trains (when a core is free for it)
+        self._admission = Admission(enabled=self._encode_behind or spare_core())
+        self.deadline = Deadline.from_config(cfg)  # engine.deadline_s, or None
+        self._missed: dict[int, list[int]] = {}  # this step: clients past the deadline -> upload bytes sent in time
         self._new_round([])
 
     # ---- the loop ------------------------------------------------------------------------------------
@@ -134,6 +143,7 @@ class Simulation(RunState):
                 if self.progress is not None:
                     self.progress(rec)
         finally:
+            self._admission.close()
             if self.pool is not None:
                 self.pool.close()
                 self.pool = None
@@ -206,6 +216,12 @@ class Simulation(RunState):
             return self.algo.codec(kind, "up", rnd).decode(payload, max_numel=self._max_numel)
 
         self._staged, self._failed = {}, {}
+        max_norm = self.cfg.engine.max_update_norm
+
+        def check(c: int, ups: dict[str, bytes], n: Any, metrics: dict) -> Reply | Rejection:
+            return admit(rnd, step, c, ups, n, metrics, expected, decode_up, max_norm)
+
+        self._admission.start(check)  # each reply is admitted as it arrives (engine.overlap), verdicts read in order
         arrived = self._execute(clients, rnd, step, payloads)
         replies, rejections = [], []
         for c, ups, n, metrics in arrived:
@@ -214,7 +230,7 @@ class Simulation(RunState):
                 self._client_s[c] = self._client_s.get(c, 0.0) + float(metrics.pop(COMPUTE_KEY))
             for kind, p in ups.items():
                 self.ledger.record(rnd, c, "up", kind, p)  # received bytes count, accepted or not
-            reply = admit(rnd, step, c, ups, n, metrics, expected, decode_up, self.cfg.engine.max_update_norm)
+            reply = self._admission.result(c, ups, n, metrics)
             if isinstance(reply, Rejection):
                 rejections.append((reply, ""))
                 continue
@@ -223,6 +239,7 @@ class Simulation(RunState):
                 self.store.put(c, self._staged[c])  # None drops whatever the client had stored
             if self.mirrors is not None:
                 self.mirrors.accept(c)  # the server's copy of the client's model advances with its state
+        self._admission.finish()
         for c, failure in self._failed.items():
             rejections.append((Rejection(rnd, step, c, "raised", failure.reason),
                                "" if failure.injected else failure.detail))
@@ -268,6 +285,24 @@ class Simulation(RunState):
                 payloads[kind] = codec.encode(tensors, seed=seed)
         return payloads
 
+    def _arrived(self, client: int, out: Any, payloads: Payloads) -> None:
+        """A client's ``run_client`` result (or a failure, or None) just came in: hold it to the deadline
+        (``engine.deadline_s``), then start admitting it."""
+        if not isinstance(out, tuple):
+            return
+        ups, _, n, metrics = out
+        if self.deadline is not None:
+            measured = float(metrics.get(COMPUTE_KEY, 0.0)) if isinstance(metrics, dict) else 0.0
+            compute = self.deadline.compute_s(self.runtime.num_samples(client), measured)
+            _, sent = self.deadline.verdict(client, [len(p) for p in payloads_for(payloads, client).values()],
+                                            [len(p) for p in ups.values()], compute)
+            if sent is not None:
+                self._missed[client] = sent
+                return
+        # with a pool and no core to spare, the main thread (which only waits for workers) admits it itself
+        self._admission.submit(client, ups, n, without(metrics, COMPUTE_KEY),
+                               inline=self.pool is not None and not self._admission.enabled)
+
     def _reject(self, rejection: Rejection, detail: str = "") -> None:
         r = rejection
         self.log(f"round {r.round} step {r.step}: client {r.client} rejected ({r.check}): {r.reason}")
@@ -285,6 +320,7 @@ class Simulation(RunState):
         eng = self.cfg.engine
         got: dict[int, tuple[dict[str, bytes], int, dict]] = {}
         pending, missing = list(clients), {}
+        self._missed, past = {}, set()
         down: list[Messages] = []  # decoded at most once per step
         for attempt in range(eng.retries + 1):
             for c in (c for c in pending if attempt and missing.get(c) == "dropout"):
@@ -303,17 +339,25 @@ class Simulation(RunState):
                     missing[c] = "timeout"
                 elif isinstance(out, ClientFailure):
                     self._failed[c] = out
+                elif c in self._missed:  # engine.deadline_s: too slow; what it sent in time is counted
+                    for (kind, p), sent in zip(out[0].items(), self._missed[c]):
+                        if sent:
+                            self.ledger.record(rnd, c, "up", kind, p[:sent])
+                    if isinstance(out[3], dict):
+                        self._client_s[c] = self._client_s.get(c, 0.0) + float(out[3].get(COMPUTE_KEY, 0.0))
+                    missing[c] = "deadline"
+                    past.add(c)
                 else:
                     ups, stored, n, metrics = out
                     got[c], self._staged[c] = (ups, n, metrics), stored
-            pending = [c for c in pending if c in missing]
+            pending = [c for c in pending if c in missing and c not in past]  # a retry would be as slow
             if missing:
                 self.log(f"round {rnd} step {step}: no reply from client(s) " + ", ".join(
                     f"{c} ({why})" for c, why in sorted(missing.items()))
                     + (f" (attempt {attempt + 1} of {eng.retries + 1})" if eng.retries else ""))
             if len(got) >= eng.min_replies or not pending:
                 break
-        self._late |= {c for c, why in missing.items() if why in ("straggler", "timeout")}
+        self._late |= {c for c, why in missing.items() if why in ("straggler", "timeout")} | past
         return [(c, *got[c]) for c in clients if c in got]  # sampling order: a fixed reduction order
 
     def _run_clients(self, clients: list[int], rnd: int, step: int, payloads: dict[str, bytes],
@@ -324,7 +368,8 @@ class Simulation(RunState):
             return []
         if self.pool is not None:
             return self.pool.map([(c, rnd, step, payloads_for(payloads, c), self.store.get(c)) for c in clients],
-                                 timeout=self.cfg.engine.round_timeout)
+                                 timeout=self.cfg.engine.round_timeout,
+                                 on_result=lambda i, out: self._arrived(clients[i], out, payloads))
 
         def decoded(c: int) -> Messages:
             if self.delta:  # a payload of its own per client
@@ -336,9 +381,50 @@ class Simulation(RunState):
             return down[0]
 
         if self.cfg.engine.vectorize:  # the training of all of them at once (engine.vectorized)
-            return vectorized.run_clients(self.runtime, clients, rnd, step, [decoded(c) for c in clients],
+            outs = vectorized.run_clients(self.runtime, clients, rnd, step, [decoded(c) for c in clients],
                                           [self.store.get(c) for c in clients])
-        return [run_client_safely(self.runtime, c, rnd, step, decoded(c), self.store.get(c)) for c in clients]
+            for c, out in zip(clients, outs):
+                self._arrived(c, out, payloads)
+            return outs
+        if self._encode_behind:  # an accelerator: encode (and admit) client k while client k+1 trains
+            futures = [self._start_client(c, rnd, step, decoded(c), payloads) for c in clients]
+            return [f.result() for f in futures]
+        outs = []
+        for c in clients:
+            outs.append(run_client_safely(self.runtime, c, rnd, step, decoded(c), self.store.get(c)))
+            self._arrived(c, outs[-1], payloads)  # admitted in the background while the next client trains
+        return outs
+
+    def _start_client(self, c: int, rnd: int, step: int, down: Messages, payloads: Payloads) -> Future:
+        """``run_client_safely`` split in two: training and the copy of its result to the CPU here, then
+        encoding (``Runtime.close_client``) and admission on the background thread (engine.overlap)."""
+        rt = self.runtime
+        t0 = time.perf_counter()
+        try:
+            ctx, down_c, stored, mirror = rt.open_client(c, rnd, step, down, self.store.get(c))
+            reply = rt.algo.client_update(ctx, down_c, stored.get("algo"))
+            on_host = (host_copy(reply.up), host_copy(reply.state))
+            codecs = {kind: rt.algo.codec(kind, "up", rnd) for kind in reply.up}  # this client's, before the next
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 — a client fault, as in run_client_safely
+            failed: Future = Future()
+            failed.set_result(failure_of(e))
+            return failed
+        trained_s = time.perf_counter() - t0
+
+        def finish() -> Any:
+            start = time.perf_counter()
+            try:  # client_s: training + encoding, not the time spent waiting for this thread
+                out = rt.close_client(ctx, reply, stored, mirror, start - trained_s, on_host=on_host, codecs=codecs)
+            except ConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                out = failure_of(e)
+            self._arrived(c, out, payloads)
+            return out
+
+        return self._admission.later(finish)
 
     # ---- evaluation & accounting ------------------------------------------------------------------------
     def _traffic(self, rnd: int) -> dict[str, int]:

@@ -76,7 +76,19 @@ def check_spec(kind: str, tensors: dict[str, torch.Tensor], expected: UploadSpec
 
 
 def check_values(kind: str, tensors: dict[str, torch.Tensor], max_norm: float) -> tuple[str, str] | None:
-    """(check, reason) if a value is NaN/Inf or the message's L2 norm exceeds ``max_norm`` (0 = no bound)."""
+    """(check, reason) if a value is NaN/Inf or the message's L2 norm exceeds ``max_norm`` (0 = no bound).
+
+    Without a bound only finiteness matters: one pass summing each tensor in its own dtype (a NaN/Inf
+    makes the sum non-finite; a finite sum proves every value finite), the elementwise scan only when
+    the sum is not finite (a NaN, or a sum that overflowed). Same verdict as the float64 path, which a
+    bound needs for its norm, without its float64 copy."""
+    if not max_norm > 0:
+        for name, t in tensors.items():
+            if t.is_floating_point() and t.numel():
+                t = t.detach()
+                if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+                    return "nonfinite", f"message {kind!r}: tensor {name!r} contains NaN or Inf"
+        return None
     total = 0.0
     for name, t in tensors.items():
         if not t.is_floating_point() or not t.numel():

@@ -152,8 +152,9 @@ def pack(header: Header, body: bytes) -> bytes:
     hbytes = _encode_header(header)
     if len(hbytes) > 0xFFFF:
         raise PayloadError(f"header of {len(hbytes)} bytes exceeds 65535 (too many or too long names)")
-    framed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(hbytes), len(body)) + hbytes + body
-    return framed + _CRC.pack(zlib.crc32(framed))
+    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(hbytes), len(body)) + hbytes
+    crc = zlib.crc32(body, zlib.crc32(head))  # the CRC of head + body, without building it first
+    return b"".join((head, body, _CRC.pack(crc)))  # the body is copied once
 
 
 def _frame(data: bytes | bytearray | memoryview) -> tuple[memoryview, memoryview]:
