@@ -153,3 +153,35 @@ def test_mutated_bodies_raise_only_payload_error(spec, data):
     except PayloadError:
         return
     assert out["w"].shape == (300,)
+
+
+def _old_payload_input() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    return {"fc.weight": torch.randn(48, 32, generator=g) @ torch.randn(32, 64, generator=g) * 1e-3,
+            "fc.bias": torch.randn(48, generator=g) * 1e-3}
+
+
+# payloads written before rdq's defaults changed (by the code of that time), and their specs written
+# out with the old defaults; a pipeline's stage strings in its header omit them too
+OLD = "coder='gamma', normalize=False, dead_zone=0.0, alloc='one'"
+
+
+@pytest.mark.parametrize("name, today", [
+    ("rdq_old_default", f"rdq(step=1e-3, {OLD})"),
+    ("rdq_pipeline_old", f"svd(threshold=0.9) | rdq(step=0.01, {OLD})"),
+])
+def test_payloads_from_before_the_default_change_keep_their_meaning(name, today):
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from fedsqueeze.codecs.spec import decode_any
+
+    golden = Path(__file__).parent / "golden"
+    payload = (golden / f"{name}.bin").read_bytes()
+    expected = json.loads((golden / f"{name}.json").read_text())
+    out = decode_any(payload)
+    assert {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() for k, v in out.items()} \
+        == expected["sha256"]
+    assert make_codec(today).encode(_old_payload_input(), seed=7) == payload  # same bytes, old settings
+    assert make_codec(expected["spec"]).encode(_old_payload_input(), seed=7) != payload  # the spec's meaning moved
