@@ -25,7 +25,7 @@ from fedsqueeze.errors import PayloadError
 from fedsqueeze.wire.varint import Reader, encode_varint
 
 RECORD = ["gamma", 1, "gamma"]
-_CHUNK = 1 << 19  # records laid out per pass: the temporaries stay a few MB
+_CHUNK = 1 << 18  # records laid out per pass: the temporaries stay a few MB
 _U64 = np.uint64
 
 
@@ -41,29 +41,36 @@ def gamma_encode(q: np.ndarray) -> bytes:
     m = len(nz)
     if not m:
         return encode_varint(0)
-    runs = np.diff(nz, prepend=-1)  # = zeros since the previous non-zero + 1
-    v = q[nz].astype(np.int64)
-    mag = np.abs(v)
-    a = _floor_log2(runs)
-    b = _floor_log2(mag)
-    if int((a + 2 * b).max()) + 3 > 64:  # a record does not fit one 64-bit field: the generic writer
-        data, _ = encode_records([runs, (v < 0).astype(np.int64), mag], RECORD)
-        return encode_varint(m) + data
-    width = a + 2 * b + 3
-    lead = np.cumsum(width + a)  # record ends (bits)
-    nbits = int(lead[-1])
-    start = lead - width          # where each record's value field starts (after its a zeros)
-    value = (runs.astype(_U64) << (2 * b + 2).astype(_U64)) | mag.astype(_U64)
-    value |= (v < 0).astype(_U64) << (2 * b + 1).astype(_U64)
+    pieces, nbits, prev = [], 0, -1
+    for lo in range(0, m, _CHUNK):  # chunk by chunk: the temporaries stay a few MB and in cache
+        at = nz[lo:lo + _CHUNK]
+        runs = np.diff(at, prepend=prev)  # = zeros since the previous non-zero + 1
+        prev = int(at[-1])
+        v = q[at].astype(np.int64)
+        mag = np.abs(v)
+        a = _floor_log2(runs)
+        b = _floor_log2(mag)
+        width = a + 2 * b + 3
+        if int(width.max()) > 64:  # a record does not fit one 64-bit field: the generic writer
+            return _generic(q, nz)
+        lead = np.cumsum(width + a)
+        lead += nbits                 # record ends (bits)
+        start = lead - width          # where each record's value field starts (after its a zeros)
+        shift = (2 * b + 1).astype(_U64)
+        value = (((runs.astype(_U64) << _U64(1)) | (v < 0).astype(_U64)) << shift) | mag.astype(_U64)
+        end = int(lead[-1])
+        pieces.append((nbits >> 6, _scatter(nbits, end, [(start, width, value)])))
+        nbits = end
     out = np.zeros(((nbits + 63) >> 6) + 1, dtype=_U64)
-    for lo in range(0, m, _CHUNK):
-        hi = min(lo + _CHUNK, m)
-        first = int(start[lo]) - int(a[lo])  # the chunk's first bit (its first record's zeros)
-        end = int(lead[hi - 1])
-        words = _scatter(first, end, [(start[lo:hi], width[lo:hi], value[lo:hi])])
-        w0 = first >> 6
+    for w0, words in pieces:
         out[w0:w0 + len(words)] |= words
     return encode_varint(m) + out.astype(">u8").tobytes()[:(nbits + 7) >> 3]
+
+
+def _generic(q: np.ndarray, nz: np.ndarray) -> bytes:
+    v = q[nz].astype(np.int64)
+    data, _ = encode_records([np.diff(nz, prepend=-1), (v < 0).astype(np.int64), np.abs(v)], RECORD)
+    return encode_varint(len(nz)) + data
 
 
 def gamma_decode(data: memoryview, numel: int) -> np.ndarray:
