@@ -12,17 +12,22 @@ from pathlib import Path
 root = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(root / "tests"))
 
-from codec_kit import all_codec_ids, default_codec, sample_update  # noqa: E402
+from codec_kit import all_codec_ids, default_codec, long_tail_update, sample_update  # noqa: E402
+from fedsqueeze.codecs.spec import make_codec  # noqa: E402
+
+# fixtures of a format option the default-config fixtures do not reach: name -> (spec, input)
+EXTRA = {"drive-split": ("drive(layout='split')", long_tail_update),
+         "eden-split": ("eden(bits=2, layout='split')", long_tail_update)}
 
 out_dir = root / "tests" / "golden"
 out_dir.mkdir(exist_ok=True)
-for cid in sys.argv[1:] or all_codec_ids():
+for cid in sys.argv[1:] or all_codec_ids() + list(EXTRA):
     path = out_dir / f"{cid}.bin"
     if path.exists():
         print(f"{cid}: fixture exists, left alone")
         continue
-    codec = default_codec(cid)
-    payload = codec.encode(sample_update(11), seed=2024)
+    codec = make_codec(EXTRA[cid][0]) if cid in EXTRA else default_codec(cid)
+    payload = codec.encode((EXTRA[cid][1] if cid in EXTRA else sample_update)(11), seed=2024)
     decoded = codec.decode(payload)
     path.write_bytes(payload)
     (out_dir / f"{cid}.json").write_text(json.dumps(

@@ -13,10 +13,10 @@ fi
 
 stamp=.venv/.fedsqueeze-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
-  echo "setup: installing torch==2.13.0 (CPU) and fedsqueeze[test,flower,digits,plots] into .venv"
+  echo "setup: installing torch==2.13.0 (CPU) and fedsqueeze[test,flower,sim,digits,plots] into .venv"
   # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
   .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
-  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,flower,digits,plots]"
+  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,flower,sim,digits,plots]"
   touch "$stamp"
 fi
 

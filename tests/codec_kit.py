@@ -27,6 +27,13 @@ def sample_update(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
+def long_tail_update(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Tensors whose length is far from a power of two (11000 = 8192 + 2048 + 760, and 40): the
+    inputs of the DRIVE/EDEN ``layout='split'`` fixtures."""
+    g = torch.Generator().manual_seed(seed)
+    return {"fc.weight": torch.randn(100, 110, generator=g) * 0.02, "fc.bias": torch.randn(40, generator=g) * 0.001}
+
+
 def nmse(x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> float:
     num = sum(float(((x[k].double() - y[k].double()) ** 2).sum()) for k in x if x[k].is_floating_point())
     den = sum(float((x[k].double() ** 2).sum()) for k in x if x[k].is_floating_point())

@@ -258,7 +258,7 @@ def test_default_rdq_is_the_recommended_setting_and_old_headers_keep_their_meani
 
     header, _ = unpack((GOLDEN / "rdq_ctx.bin").read_bytes())
     assert "alloc" not in header.config
-    assert RDQ.from_header_config(header.config).alloc == "one"
+    assert RDQ.from_payload_config(header.config).alloc == "one"
     assert RDQ.from_config(header.config).alloc == "rd"  # what a user's spec without alloc means today
 
 

@@ -3,8 +3,8 @@
 Parity with the simulation engine (identical bytes in the ledger, identical parameters), TLS (and
 refusal of plaintext or untrusted clients), SuperNode authentication (refusal of unregistered keys), a
 SuperNode killed mid-round. Every process is bounded by
-a timeout and stopped by the fixture's finalizer, checked gone. Flower starts a ClientApp process per
-message, so a round takes seconds; the module takes a few minutes on a loaded 2-core machine.
+a timeout and stopped by the fixture's finalizer, checked gone. SuperNodes run long-lived ClientApp
+processes (``clientapp_worker``); the module takes a few minutes on a loaded 2-core machine.
 """
 from __future__ import annotations
 

@@ -213,7 +213,12 @@ def test_spatl_learns_digits_and_uploads_less_than_fedavg(tmp_path, digits):
     assert spatl.ledger.total("up") < 0.6 * fedavg.ledger.total("up")
     m = last["client_metrics"]
     assert m["upload_ratio"] <= 0.3 + 1e-9 and 0 < m["flops_ratio"] < 1
-    assert {r.kind for r in spatl.ledger} == {"model", "control", "update"}
+    # the pruned personal models (the clients' last selections applied to the current encoder) beside
+    # the unpruned ones; never-sampled clients count with the unpruned model (FLOPs fraction 1)
+    assert last["personal_acc_pruned"] > 0.6 and 0 < last["flops_pruned"] < 1
+    assert "personal_acc_pruned" not in fedavg.history[-1]
+    # the explicit kept-channel mask travels beside the update (rl selector, the default, since the agent)
+    assert {r.kind for r in spatl.ledger} == {"model", "control", "update", "mask"}
 
 
 def test_spatl_runs_on_resnet20(tmp_path, digits):
@@ -222,3 +227,120 @@ def test_spatl_runs_on_resnet20(tmp_path, digits):
     res = fedsqueeze.run(cfg, run_dir=tmp_path, dataset=digits, plot=False)
     last = res.history[-1]
     assert last["personal_acc"] > 0.1 and last["client_metrics"]["flops_ratio"] <= 0.8 + 1e-9
+
+
+# ---- explicit kept mask, pruned personal model ------------------------------------------------------
+def test_explicit_mask_averages_a_kept_filter_whose_update_is_zero():
+    """16 filters in encoder.0.0 (small CNN). A (n=1) keeps filters 0, 1 and its update of filter 0 is
+    exactly zero; B (n=3) keeps 0 and 2. Filter 0 = (1*0 + 3*4)/4 = 3; inferred from zeros it would be 4."""
+    from fedsqueeze.codecs.bitmask import BitMask
+
+    algo = _algo()
+    x = {"encoder.0.0.bias": torch.ones(16)}
+    state = {"weights": x, "c": {"encoder.0.0.bias": torch.zeros(16)}}
+    full = {g.layer: torch.ones(g.channels) for g in algo._groups()}
+
+    def reply(client, n, kept, values):
+        bias = torch.zeros(16)
+        bias[kept] = T(values)
+        mask = {**full, "encoder.0.0": torch.zeros(16)}
+        mask["encoder.0.0"][kept] = 1.0
+        up = {"update": {"encoder.0.0.bias": bias}, "control": {"encoder.0.0.bias": torch.zeros(16)}, "mask": mask}
+        wire = {k: algo.codec(k, "up", 1) for k in up}  # through the wire: rowsparse drops the zero filter
+        return Reply(client, n, {k: wire[k].decode(wire[k].encode(v)) for k, v in up.items()}, None)
+
+    a, b = reply(0, 1, [0, 1], [0.0, 2.0]), reply(1, 3, [0, 2], [4.0, 6.0])
+    out = algo.aggregate(state, 1, 0, [a, b])["weights"]["encoder.0.0.bias"]
+    assert out[:4].tolist() == [4.0, 3.0, 7.0, 1.0] and torch.equal(out[4:], torch.ones(12))
+    inferred = algo.aggregate(state, 1, 0, [Reply(r.client, r.num_samples, {k: v for k, v in r.up.items()
+                                                                             if k != "mask"}, None) for r in (a, b)])
+    assert inferred["weights"]["encoder.0.0.bias"][0] == 5.0  # the old zero-pattern inference: B alone
+    # the mask is one bit per channel: filters 0, 1 of 16 -> 0b11000000 0b00000000
+    assert BitMask().encode_tensor(T([1.0, 1.0] + [0.0] * 14), 0) == bytes([0b11000000, 0])
+    assert torch.equal(BitMask().decode_tensor(memoryview(bytes([0b10100000])), (3,), 0), T([1.0, 0.0, 1.0]))
+    with pytest.raises(PayloadError):
+        BitMask().decode_tensor(memoryview(bytes([0b10100001])), (3,), 0)  # padding bit set
+
+
+def test_pruned_personal_model_zeroes_the_unkept_channels():
+    torch.manual_seed(0)
+    model = SmallCNN((1, 8, 8), 10)
+    algo = _algo()
+    server = algo.init_server(model)
+    keep = {g.layer: torch.ones(g.channels, dtype=torch.bool) for g in algo._groups()}
+    keep["encoder.0.0"][8:] = False
+    head = {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
+    slot, w, flops = algo.pruned_personal_model(server, {"head": head, "keep": keep})
+    assert slot == "model" and not w["encoder.0.0.weight"][8:].any() and not w["encoder.0.3.weight"][:, 8:].any()
+    assert torch.equal(w["encoder.0.0.weight"][:8], server["weights"]["encoder.0.0.weight"][:8])
+    assert flops == pytest.approx((9216 / 2 + 73728 / 2 + 8192 + 640) / (9216 + 73728 + 8192 + 640))
+    _, w0, f0 = algo.pruned_personal_model(server, None)  # never sampled: the unpruned initial model
+    assert f0 == 1.0 and torch.equal(w0["encoder.0.0.weight"], server["weights"]["encoder.0.0.weight"])
+
+
+def test_compare_table_shows_the_pruned_personal_accuracy_when_a_run_has_one():
+    from fedsqueeze.compare.table import display_rows
+
+    base = {"codec_up": "fp32", "codec_down": "fp32", "budget_mb": None, "final_acc": None, "personal_acc": 0.9,
+            "mb_total": 12.0, "mb_to_target": None, "x_fewer_bytes": None, "rounds_to_target": None,
+            "wall_s_to_target": None}
+    rows = [{**base, "run": "spatl", "personal_acc_pruned": 0.875, "flops_pruned": 0.6},
+            {**base, "run": "fedper", "personal_acc_pruned": None, "flops_pruned": None}]
+    head, body = display_rows(rows, [])
+    assert head[4] == "pruned personal acc (FLOPs)" and body[0][4] == "87.50% (60%)" and body[1][4] == "—"
+    head, body = display_rows(rows[1:], [])
+    assert "pruned personal acc (FLOPs)" not in head and len(body[0]) == len(head)
+
+
+def test_spatl_rl_resume_equals_the_uninterrupted_run(tmp_path, digits):
+    """The agents fine-tuned on the clients live in the client states (safe_io checkpoints); a run cut
+    after round 2 and resumed ends exactly as the uninterrupted one."""
+    from fedsqueeze.config import from_dict
+    from fedsqueeze.engine.simulation import Simulation
+    from fedsqueeze.metrics.results import TIMING_FIELDS
+
+    cfg = _cfg("spatl", rounds=3, budget=0.5, agent_episodes=4)
+    cfg["train"]["local_epochs"] = 1
+    cfg["eval"]["personal_every"] = 1
+    cfg = from_dict(cfg)
+    full = Simulation(cfg, tmp_path / "full", dataset=digits).run()
+
+    class Crash(Exception):
+        pass
+
+    def die(rec):
+        if rec["round"] == 2:
+            raise Crash()
+    with pytest.raises(Crash):
+        Simulation(cfg, tmp_path / "cut", dataset=digits, callbacks=[die]).run()
+    resumed = Simulation(cfg, tmp_path / "cut", dataset=digits).run(resume=True)
+
+    def strip(history):
+        return [{k: v for k, v in rec.items() if k not in TIMING_FIELDS} for rec in history]
+    assert strip(resumed.history) == strip(full.history)
+    assert resumed.ledger.to_state() == full.ledger.to_state()
+    assert all("personal_acc_pruned" in rec for rec in resumed.history)
+
+
+def test_spatl_rl_over_the_flower_adapter_equals_the_simulation(tmp_path, digits, monkeypatch):
+    """Same bytes (the mask message included) and the same server state through the Flower adapter."""
+    pytest.importorskip("flwr")
+    from flower_kit import FakeGrid, flat_state, set_task_identity
+
+    from fedsqueeze.config import from_dict
+    from fedsqueeze.engine.simulation import Simulation
+    from fedsqueeze.flower.server_app import FlowerServer
+
+    set_task_identity(monkeypatch)
+    cfg = digits_config(rounds=2, data={"source": "digits", "num_clients": 3, "partition": "dirichlet", "alpha": 0.5},
+                        train={"clients_per_round": 3, "local_epochs": 1, "batch_size": 16, "lr": 0.1},
+                        algorithm={"name": "spatl", "budget": 0.5, "agent_episodes": 4},
+                        model={"name": "small_cnn", "options": {}}, eval={"every": 0, "personal_every": 0},
+                        engine={"round_timeout": 0.3, "retries": 0, "min_replies": 1})
+    sim = Simulation(from_dict(cfg), tmp_path / "sim", dataset=digits)
+    ref = sim.run()
+    server = FlowerServer(from_dict(cfg), tmp_path / "flower", FakeGrid(cfg, 3), dataset=digits, log=lambda *_: None)
+    res = server.run()
+    assert res.ledger.to_state() == ref.ledger.to_state() and "mask" in {r.kind for r in res.ledger}
+    a, b = flat_state(sim.server_state), flat_state(server.server_state)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

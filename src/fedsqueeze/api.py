@@ -292,7 +292,14 @@ def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Confi
     if not cfg_file.exists():
         raise ConfigError(f"{run_dir} is not a fedsqueeze run directory (no config.json); "
                           "pass a folder made by `fedsqueeze run`")
-    return from_dict(apply_overrides(json.loads(cfg_file.read_text()), overrides or []))
+    try:
+        raw = json.loads(cfg_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ConfigError(f"{cfg_file} is damaged ({type(e).__name__}: {str(e)[:80]}); restore it from the run's "
+                          "config.toml or start a new run") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{cfg_file} is damaged (not a table of settings); restore it or start a new run")
+    return from_dict(apply_overrides(raw, overrides or []))
 
 
 def resume(run_dir: str | Path, *, overrides: list[str] | None = None, **kw: Any) -> Result:

@@ -1,4 +1,4 @@
-"""The command line: ``fedsqueeze run | compare | personal | plot | list | presets | init | bench | flower``.
+"""The command line: ``fedsqueeze run | compare | personal | plot | list | presets | init | bench | flower | spatl``.
 
 ``--help`` on each. torch and the other heavy modules are imported inside the commands that need them, so
 ``fedsqueeze --help``, ``presets`` and ``init`` start in a fraction of a second.
@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -77,7 +78,7 @@ def cmd_run(args) -> int:
     console = _console()
     overrides = list(args.set or [])
     if args.data_dir:
-        overrides.append(f'data.dir="{args.data_dir}"')
+        overrides.append(("data.dir", args.data_dir))  # a value, never pasted into TOML text
     if args.workers is not None:
         overrides.append(f"engine.workers={args.workers}")
     if getattr(args, "vectorize", False):
@@ -90,7 +91,13 @@ def cmd_run(args) -> int:
     if args.resume and args.overwrite:
         raise FedsqueezeError("--resume continues a run and --overwrite replaces it; pass one of them")
     if args.device:
-        overrides.append(f'engine.device="{args.device}"')
+        overrides.append(("engine.device", args.device))
+    if args.resume and args.config:
+        raise FedsqueezeError(f"--resume {_one_line(args.resume, 100)} continues that run with its own saved "
+                              f"config; CONFIG {_one_line(args.config, 100)} contradicts it: drop CONFIG (change "
+                              "rounds with --rounds) or start a new run without --resume")
+    if args.budget_mb is not None and not (math.isfinite(args.budget_mb) and args.budget_mb > 0):
+        raise FedsqueezeError(f"--budget-mb must be a finite number of megabytes > 0, got {args.budget_mb!r}")
     if args.resume:
         run_dir = Path(args.resume)
         cfg = fedsqueeze.api.run_config(run_dir, overrides)
@@ -113,8 +120,11 @@ def cmd_run(args) -> int:
     if args.log_to:
         from fedsqueeze.callbacks import trackers
         callbacks = trackers(args.log_to)  # a missing package is one line, before the run starts
-    console.print(f"[bold]fedsqueeze[/] {cfg.name}: {cfg.algorithm_name} · {cfg.model.name} · {cfg.data.source} "
-                  f"({cfg.data.num_clients} clients, {cfg.data.partition}) · up={cfg.codec.up} down={cfg.codec.down}")
+    from rich.markup import escape  # user strings: truncated (rich wraps long words in quadratic time), escaped
+    short = lambda v: escape(_one_line(v, 120))  # noqa: E731
+    console.print(f"[bold]fedsqueeze[/] {short(cfg.name)}: {short(cfg.algorithm_name)} · {short(cfg.model.name)} · "
+                  f"{short(cfg.data.source)} ({cfg.data.num_clients} clients, {short(cfg.data.partition)}) · "
+                  f"up={short(cfg.codec.up)} down={short(cfg.codec.down)}")
     progress = None
     prog = None
     if not args.quiet:
@@ -130,6 +140,9 @@ def cmd_run(args) -> int:
         result = fedsqueeze.run(cfg, run_dir=run_dir, resume=bool(args.resume), overwrite=args.overwrite,
                                 progress=progress, callbacks=callbacks,
                                 log=lambda msg: console.print(f"[dim]{msg}[/]"))
+    except OSError as e:  # a write error (a full disk) carries no file name: name the run folder
+        e.filename = e.filename or str(run_dir if run_dir is not None else cfg.output_dir)
+        raise
     finally:
         if prog is not None:
             prog.stop()
@@ -152,6 +165,11 @@ def cmd_compare(args) -> int:
     if args.seeds is not None:
         from fedsqueeze.compare.suite import parse_seeds
         suite = suite.with_seeds(parse_seeds(args.seeds, "--seeds"))
+    if args.workers is not None or args.device is not None:  # checked as config values, before any folder
+        from fedsqueeze.config import apply_overrides, from_dict
+        extra = [("engine.workers", args.workers)] if args.workers is not None else []
+        extra += [("engine.device", args.device)] if args.device is not None else []
+        from_dict(apply_overrides(suite.runs[0].config.to_dict(), extra))
     if args.report_only:
         report(suite, Path(args.out) / suite.name, console=console)
         return 0
@@ -177,6 +195,8 @@ def cmd_personal(args) -> int:
 
     from fedsqueeze.metrics.personal import client_rows, group_rows
 
+    if args.csv:
+        _check_report_target(Path(args.csv), [Path(args.run)], "--csv", (".csv", ".txt", ""))
     rows = client_rows(args.run)
     groups = group_rows(rows)
     t = Table(title=f"personalised accuracy on each client's held-out split — {args.run}")
@@ -189,10 +209,14 @@ def cmd_personal(args) -> int:
     from rich.console import Console
     Console().print(t)
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        try:
+            with open(args.csv, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+        except OSError as e:  # e.g. a full disk: name the file (a write error carries no file name)
+            e.filename = e.filename or args.csv
+            raise
         print(f"wrote {args.csv}")
     return 0
 
@@ -200,10 +224,44 @@ def cmd_personal(args) -> int:
 def cmd_plot(args) -> int:
     from fedsqueeze.metrics.plots import plot_runs
 
+    from fedsqueeze.metrics.results import check_run_config, read_history
+
     out = Path(args.out) if args.out else Path("comparison.png")  # never inside a run: reports leave runs as they are
-    plot_runs([Path(r) for r in args.runs], out, metric=args.metric, title=args.title)
+    if out.is_dir():
+        out = out / "comparison.png"
+    runs = [Path(r) for r in args.runs]
+    _check_report_target(out, runs, "--out", PLOT_SUFFIXES)
+    for rd in runs:  # every run readable before anything is drawn or written
+        if not rd.is_dir() or not (rd / "metrics.jsonl").is_file():
+            raise FedsqueezeError(f"{_one_line(rd, 200)} is not a run directory (no metrics.jsonl); pass folders "
+                                  "made by `fedsqueeze run`")
+        read_history(rd)
+        check_run_config(rd)
+    plot_runs(runs, out, metric=args.metric, title=_one_line(args.title, 200) if args.title else None)
     print(f"wrote {out}")
     return 0
+
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _check_report_target(out: Path, runs: list[Path], flag: str, suffixes: tuple[str, ...]) -> None:
+    """A report file must be a file name (not a folder), with a known suffix, in an existing folder, and
+    outside every run it reads (``plot`` and ``personal`` never modify a run)."""
+    if out.is_dir():
+        raise FedsqueezeError(f"{flag} {_one_line(out, 200)} is a folder; give a file name, e.g. "
+                              f"{out / ('clients' + (suffixes[0] or '.csv'))}")
+    if out.suffix.lower() not in suffixes:
+        raise FedsqueezeError(f"{flag} {_one_line(out, 200)} must end in {', '.join(s for s in suffixes if s)}"
+                              f"{' (or have no suffix)' if '' in suffixes else ''}")
+    parent = out.parent
+    if not parent.is_dir():
+        raise FedsqueezeError(f"{flag} {_one_line(out, 200)}: the folder {_one_line(parent, 200)} does not exist; "
+                              "create it or choose another place")
+    for rd in runs:
+        if rd.is_dir() and (parent.resolve() == rd.resolve() or parent.resolve().is_relative_to(rd.resolve())):
+            raise FedsqueezeError(f"{flag} {_one_line(out, 200)} is inside the run {_one_line(rd, 200)}; reports "
+                                  "never write into a run: choose a place outside it")
 
 
 def cmd_list(args) -> int:
@@ -268,7 +326,7 @@ def _param_count(name: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedsqueeze", description="Communication-efficient federated learning "
+    p = _Parser(prog="fedsqueeze", description="Communication-efficient federated learning "
                                 "with real bytes on the wire.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -353,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_bench(sub)
     _add_flower(sub)
+    _add_spatl(sub)
     return p
 
 
@@ -361,9 +420,48 @@ def _add_bench(sub) -> None:
     add_parser(sub)
 
 
+def _add_spatl(sub) -> None:
+    from fedsqueeze.algorithms.spatl_pretrain import add_parser
+    add_parser(sub)
+
+
 def _add_flower(sub) -> None:
     from fedsqueeze.flower.commands import add_parser
     add_parser(sub)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one ``error:`` line naming the fix, exit code 2 (no usage
+    block: ``--help`` prints it)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, at most ``limit`` characters (a user's 100 KB value is not echoed whole)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit] + f"... ({len(flat):,} characters)"
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error (disk full, permissions, a path through a file): what, where, the fix."""
+    import errno
+
+    path = e.filename if e.filename is not None else "a file"
+    what = e.strerror or type(e).__name__
+    fix = {errno.ENOSPC: "free some disk space (or choose another --out) and run again",
+           errno.EDQUOT: "free some disk space (or choose another --out) and run again",
+           errno.EACCES: "fix its permissions or choose another place",
+           errno.EPERM: "fix its permissions or choose another place",
+           errno.EROFS: "the file system is read-only: choose another place",
+           errno.ENOTDIR: "a part of that path is a file, not a folder: fix the path",
+           errno.EISDIR: "it is a folder: give a file name",
+           errno.ENOENT: "a folder on that path does not exist: fix the path or create it",
+           errno.EEXIST: "a file of that name is in the way where a folder is needed: fix the path",
+           errno.ENAMETOOLONG: "shorten the path"}.get(e.errno, "check the path, its permissions and free space")
+    return f"cannot use {str(path)!r}: {what}; {fix}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,11 +472,29 @@ def main(argv: list[str] | None = None) -> int:
     except FedsqueezeError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e, 2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue with `fedsqueeze run --resume RUN_DIR`", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, read-only or missing folders, permissions: the path and the fix
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(os_error_line(e), 2000)}", file=sys.stderr)
+        return 2
+    except (RecursionError, MemoryError) as e:
+        if args.debug:
+            traceback.print_exc()
+        what = "nested too deeply" if isinstance(e, RecursionError) else "too large for this machine's memory"
+        print(f"error: an input is {what}; make the config, spec or file smaller (--debug shows where)",
+              file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001  last resort: a bug, not a user mistake; exit 1 so tests notice
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: internal error ({type(e).__name__}: {_one_line(e, 200)}); this is a bug in fedsqueeze: "
+              "rerun with --debug for the traceback and please report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

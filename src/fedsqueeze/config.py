@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import numbers
 import re
 import tomllib
 import typing
@@ -151,32 +153,48 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# (key, predicate, allowed-range text) checked after parsing
+# sane maxima: far beyond any experiment this package runs, small enough that a typo (an extra zero or
+# six) is an error line instead of a run that never ends or asks for terabytes
+SEED_MAX = 2**63 - 1          # seeds are packed as signed 64-bit integers (fedsqueeze.seeding.derive_seed)
+ROUNDS_MAX = 1_000_000
+CLIENTS_MAX = 10_000_000
+BATCH_MAX = 1 << 20
+EPOCHS_MAX = 10_000
+STEPS_MAX = 10_000_000
+TIMEOUT_MIN, TIMEOUT_MAX = 0.1, 7 * 24 * 3600.0
+LR_MAX = 1000.0               # learning rate and weight decay: beyond this every step overflows
+STRING_MAX = 4096             # any string value (a path, a name, a spec)
+SPEC_CHARS_MAX = 2048         # a codec spec string (a whole pipeline included)
+SPEC_STAGES_MAX = 32          # stages of a codec pipeline
+OPTION_DEPTH_MAX = 8          # nesting of lists/tables inside an options table
+
+# (key, predicate, allowed-range text) checked after parsing (floats are also checked to be finite)
 _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
-    ("rounds", lambda v: v >= 1, "an integer >= 1"),
-    ("seed", lambda v: v >= 0, "an integer >= 0"),
-    ("data.num_clients", lambda v: v >= 1, "an integer >= 1"),
-    ("data.alpha", lambda v: v > 0, "a number > 0"),
-    ("data.shards_per_client", lambda v: v >= 1, "an integer >= 1"),
+    ("rounds", lambda v: 1 <= v <= ROUNDS_MAX, f"an integer >= 1 (at most {ROUNDS_MAX:,})"),
+    ("seed", lambda v: 0 <= v <= SEED_MAX, "an integer >= 0 (at most 2**63 - 1)"),
+    ("data.num_clients", lambda v: 1 <= v <= CLIENTS_MAX, f"an integer >= 1 (at most {CLIENTS_MAX:,})"),
+    ("data.alpha", lambda v: 0 < v <= 1e6, "a number > 0 (at most 1e6; 100 is already nearly IID)"),
+    ("data.shards_per_client", lambda v: 1 <= v <= 1_000_000, "an integer >= 1 (at most 1,000,000)"),
     ("data.holdout_fraction", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("train.clients_per_round", lambda v: v >= 1, "an integer >= 1"),
+    ("train.clients_per_round", lambda v: 1 <= v <= CLIENTS_MAX, f"an integer >= 1 (at most {CLIENTS_MAX:,})"),
     ("train.client_fraction", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    ("train.local_epochs", lambda v: v >= 0, "an integer >= 0"),
-    ("train.local_steps", lambda v: v >= 0, "an integer >= 0"),
-    ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("train.local_epochs", lambda v: 0 <= v <= EPOCHS_MAX, f"an integer >= 0 (at most {EPOCHS_MAX:,})"),
+    ("train.local_steps", lambda v: 0 <= v <= STEPS_MAX, f"an integer >= 0 (at most {STEPS_MAX:,})"),
+    ("train.batch_size", lambda v: 1 <= v <= BATCH_MAX, f"an integer >= 1 (at most {BATCH_MAX:,})"),
     ("train.optimizer", lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"),
-    ("train.lr", lambda v: v > 0, "a number > 0"),
+    ("train.lr", lambda v: 0 < v <= LR_MAX, f"a number > 0 (at most {LR_MAX:g})"),
     ("train.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("train.weight_decay", lambda v: v >= 0, "a number >= 0"),
-    ("eval.every", lambda v: v >= 0, "an integer >= 0 (0 = only the last round)"),
-    ("eval.personal_every", lambda v: v >= 0, "an integer >= 0 (0 = only the last round)"),
-    ("eval.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("train.weight_decay", lambda v: 0 <= v <= LR_MAX, f"a number >= 0 (at most {LR_MAX:g})"),
+    ("eval.every", lambda v: 0 <= v <= ROUNDS_MAX, "an integer >= 0 (0 = only the last round)"),
+    ("eval.personal_every", lambda v: 0 <= v <= ROUNDS_MAX, "an integer >= 0 (0 = only the last round)"),
+    ("eval.batch_size", lambda v: 1 <= v <= BATCH_MAX, f"an integer >= 1 (at most {BATCH_MAX:,})"),
     ("codec.downlink", lambda v: v in ("broadcast", "delta"), "'broadcast' or 'delta'"),
     ("engine.workers", lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
-    ("engine.checkpoint_every", lambda v: v >= 0, "an integer >= 0"),
-    ("engine.min_replies", lambda v: v >= 1, "an integer >= 1"),
-    ("engine.round_timeout", lambda v: v > 0, "a number of seconds > 0"),
-    ("engine.retries", lambda v: v >= 0, "an integer >= 0"),
+    ("engine.checkpoint_every", lambda v: 0 <= v <= ROUNDS_MAX, "an integer >= 0"),
+    ("engine.min_replies", lambda v: 1 <= v <= CLIENTS_MAX, "an integer >= 1"),
+    ("engine.round_timeout", lambda v: TIMEOUT_MIN <= v <= TIMEOUT_MAX,
+     f"a number of seconds > 0, at least {TIMEOUT_MIN:g} (shorter skips every round) and at most {TIMEOUT_MAX:g}"),
+    ("engine.retries", lambda v: 0 <= v <= 1000, "an integer >= 0 (at most 1000)"),
     ("engine.too_few", lambda v: v in ("skip", "fail"), "'skip' or 'fail'"),
     ("engine.max_update_norm", lambda v: v >= 0, "a number >= 0 (0 = no bound)"),
     ("engine.dropout", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
@@ -236,13 +254,88 @@ def _get(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
+def _check_plain(value: Any, key: str, depth: int = 0) -> None:
+    """Every value in a config is a finite number, a string, a boolean, or a list/table of them (no TOML
+    dates, no NaN/Inf, no absurd nesting), so it can be checked, written to config.toml and read back."""
+    if depth > OPTION_DEPTH_MAX:
+        raise ConfigError(f"config key {key!r} is nested more than {OPTION_DEPTH_MAX} levels deep; "
+                          "options are numbers, strings, booleans or short lists")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str) or not _BARE_KEY.fullmatch(k):
+                raise ConfigError(f"config key {key!r} has the key {str(k)[:40]!r}; keys are names of letters, "
+                                  "digits, '_' and '-' (at most 100 characters)")
+            _check_plain(v, f"{key}.{k}" if key else k, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{key}[{i}]", depth + 1)
+    elif isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        if not math.isfinite(value):
+            raise ConfigError(f"config key {key!r} = {value!r} is invalid: it must be a finite number "
+                              "(write a number, not nan or inf)")
+    elif isinstance(value, str):
+        if len(value) > STRING_MAX:
+            raise ConfigError(f"config key {key!r} is a string of {len(value):,} characters (at most {STRING_MAX:,}); "
+                              "give the intended name, spec or path")
+    elif not isinstance(value, numbers.Integral):
+        raise ConfigError(f"config key {key!r} = {str(value)[:40]!r} is a {type(value).__name__}; config values "
+                          "are numbers, strings, booleans, lists or tables (quote dates and times as strings)")
+
+
+def _check_codec_spec(spec: Any, key: str, depth: int = 0) -> None:
+    """A codec spec's shape (the codec registry checks names and options when the run is built): a string
+    of bounded length and pipeline size, a table with a string ``name``, or a list of stages."""
+    if isinstance(spec, str):
+        if len(spec) > SPEC_CHARS_MAX:
+            raise ConfigError(f"{key} is a codec spec of {len(spec):,} characters (at most {SPEC_CHARS_MAX:,}); "
+                              f"write e.g. 'topk(fraction=0.01)' (`fedsqueeze list codecs` lists the names)")
+        if spec.count("|") >= SPEC_STAGES_MAX:
+            raise ConfigError(f"{key} has {spec.count('|') + 1} pipeline stages (at most {SPEC_STAGES_MAX}); "
+                              "a pipeline is a few transforms and one codec, e.g. 'svd(threshold=0.95) | rdq'")
+        if re.search(r"[(,]\s*\*", spec):
+            raise ConfigError(f"{key} = {spec[:60]!r} uses * or ** arguments; write the options as key=value "
+                              "pairs, e.g. 'topk(fraction=0.01)'")
+    elif isinstance(spec, dict):
+        if not isinstance(spec.get("name"), str) or not spec.get("name"):
+            raise ConfigError(f"{key} table needs a string 'name', e.g. {{name = \"topk\", fraction = 0.01}}, "
+                              f"got name = {spec.get('name')!r}")
+        _check_codec_spec(spec["name"], key + ".name", depth)
+    elif isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"{key} is an empty list; give a codec spec such as \"fp32\" or a list of stages")
+        if len(spec) > SPEC_STAGES_MAX or depth > 0:
+            raise ConfigError(f"{key} must be a flat list of at most {SPEC_STAGES_MAX} stages, e.g. "
+                              "[\"svd(threshold=0.95)\", \"rdq\"]")
+        for i, stage in enumerate(spec):
+            _check_codec_spec(stage, f"{key}[{i}]", depth + 1)
+    else:
+        raise ConfigError(f"{key}: a codec spec must be a string, table or list, not {type(spec).__name__} "
+                          f"({str(spec)[:40]}); e.g. codec.up = \"topk(fraction=0.01)\"")
+
+
 def from_dict(raw: dict) -> Config:
-    raw = copy.deepcopy(raw)
+    try:
+        raw = copy.deepcopy(raw)
+    except RecursionError:
+        raise ConfigError("the config is nested too deeply; tables and lists are a few levels at most") from None
+    _check_plain(raw, "")
     cfg = _build(Config, raw, "")
     for key, ok, allowed in _RANGES:
         value = _get(cfg, key)
-        if not ok(value):
+        if not ok(value) or (isinstance(value, float) and not math.isfinite(value)):
             raise ConfigError(f"config key {key!r} = {value!r} is invalid: it must be {allowed}")
+    for key, path in (("output_dir", cfg.output_dir), ("data.dir", cfg.data.dir)):
+        if "\x00" in path:
+            raise ConfigError(f"config key {key!r} = {path[:60]!r} contains a NUL character, which no file system "
+                              "accepts; give a folder path")
+    if cfg.train.local_epochs == 0 and cfg.train.local_steps == 0:
+        raise ConfigError("train.local_epochs = 0 and train.local_steps = 0: no client would train; set "
+                          "train.local_epochs >= 1 (or train.local_steps >= 1 for a fixed number of SGD steps)")
+    _check_codec_spec(cfg.codec.up, "codec.up")
+    _check_codec_spec(cfg.codec.down, "codec.down")
     t, d = cfg.train, cfg.data
     if not t.client_fraction and t.clients_per_round > d.num_clients:
         if "clients_per_round" in raw.get("train", {}):
@@ -283,50 +376,110 @@ def _check_faults(faults: dict) -> None:
                           "most one fault per step, lower them")
 
 
+TOML_BYTES_MAX = 4 << 20  # a config or suite file larger than this is not one
+
+
+def parse_toml(text: str, where: str) -> dict:
+    """``tomllib.loads`` with one-line errors: invalid syntax, and nesting too deep for the parser."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: invalid TOML: {e}; fix the syntax there") from e
+    except RecursionError:
+        raise ConfigError(f"{where}: arrays or tables are nested too deeply for a config; a few levels "
+                          "at most") from None
+
+
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    """A TOML file's tables, or a one-line ConfigError: not a file, too large, not UTF-8, invalid TOML."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{what} {str(p)!r} is a folder; give the TOML file inside it")
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(p)!r} is not a regular file; give a TOML file")
+    size = p.stat().st_size
+    if size > TOML_BYTES_MAX:
+        raise ConfigError(f"{what} {str(p)!r} is {size:,} bytes, more than a config can be "
+                          f"({TOML_BYTES_MAX:,}); give the right file")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                          "save it as UTF-8") from None
+    return parse_toml(text, str(p))
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string: quotes, backslashes and control characters escaped."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch in "\b\t\n\f\r":
+            out.append({"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=0.1"`` -> (["train", "lr"], 0.1). Values are TOML; bare words become strings."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.lr=0.1")
+        raise ConfigError(f"override {text[:80]!r} must look like key=value, e.g. train.lr=0.1")
     key, _, value = text.partition("=")
     key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {text!r} has an empty key; write key=value, e.g. train.lr=0.1")
+    if not key or any(not p.strip() for p in key.split(".")):
+        raise ConfigError(f"override {text[:80]!r} has an empty key; write key=value, e.g. train.lr=0.1")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
+    except RecursionError:
+        raise ConfigError(f"override {key!r}: the value is nested too deeply; give a number, string or "
+                          "short list") from None
     return key.split("."), parsed
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+def apply_overrides(raw: dict, overrides: list) -> dict:
+    """``raw`` with each override applied: ``"key=TOML value"`` from the command line, or a ``(dotted_key,
+    value)`` pair for values that are data, not TOML (paths: ``("data.dir", folder)``)."""
     raw = copy.deepcopy(raw)
-    for text in overrides:
-        path, value = parse_override(text)
+    for item in overrides:
+        if isinstance(item, tuple):
+            text = f"{item[0]}=..."
+            path, value = item[0].split("."), item[1]
+        else:
+            text = item
+            path, value = parse_override(item)
         node = raw
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {part!r} is not a table")
+                raise ConfigError(f"override {text[:80]!r}: {part!r} is not a table")
         node[path[-1]] = value
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list | None = None) -> Config:
     raw: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
+        try:
+            exists = p.exists()
+        except OSError:  # e.g. a name longer than the file system allows
+            exists = False
+        if not exists:
             from fedsqueeze import presets
 
-            preset = presets.path(str(path))
+            preset = presets.path(str(path)) if len(str(path)) <= 200 else None
             if preset is None:
-                raise ConfigError(f"config file {str(p)!r} not found; give a TOML file or a preset name "
+                raise ConfigError(f"config file {str(p)[:200]!r} not found; give a TOML file or a preset name "
                                   "(`fedsqueeze presets` lists them, e.g. digits-quick)")
             p = preset
-        try:
-            raw = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: invalid TOML: {e}; fix the syntax there") from e
+        raw = read_toml(p)
     return from_dict(apply_overrides(raw, overrides or []))
 
 
@@ -338,12 +491,15 @@ def to_toml(data: dict) -> str:
         if isinstance(v, (int, float)):
             return repr(v)
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            return toml_string(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + "}"
+            return "{" + ", ".join(f"{key(k)} = {scalar(x)}" for k, x in v.items()) + "}"
         raise TypeError(f"cannot write {v!r} as TOML")
+
+    def key(k: Any) -> str:  # bare when it may be, else a quoted key
+        return k if isinstance(k, str) and _BARE_KEY.fullmatch(k) else toml_string(str(k))
 
     lines: list[str] = []
     tables = []
@@ -351,9 +507,9 @@ def to_toml(data: dict) -> str:
         if isinstance(v, dict):
             tables.append((k, v))
         else:
-            lines.append(f"{k} = {scalar(v)}")
+            lines.append(f"{key(k)} = {scalar(v)}")
     for name, table in tables:
-        lines.append(f"\n[{name}]")
+        lines.append(f"\n[{key(name)}]")
         for k, v in table.items():
-            lines.append(f"{k} = {scalar(v)}")
+            lines.append(f"{key(k)} = {scalar(v)}")
     return "\n".join(lines) + "\n"

@@ -112,6 +112,7 @@ class Algorithm(ABC):
                 raise ConfigError(f"algorithm {cls.name!r} has no option 'algorithm.{key}'"
                                   + (f" (did you mean 'algorithm.{hint[0]}'?)" if hint
                                      else f"; options: {', '.join(names) or 'none'}"))
+        _check_option_types(cls.name, cls.Params, raw)
         try:
             params = cls.Params(**raw)
         except TypeError as e:
@@ -196,6 +197,27 @@ class Algorithm(ABC):
 
 
 # ---- helpers shared by algorithms --------------------------------------------------------------
+
+def _check_option_types(name: str, params_cls: type, raw: dict) -> None:
+    """Options whose field is annotated ``float``/``int``/``str``/``bool`` must be given as that kind of value
+    (a number for ``float``), so a typo is a one-line error naming the option, not a comparison failure."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(params_cls)
+    except Exception:  # noqa: BLE001  an annotation we cannot resolve: the dataclass checks its own values
+        return
+    kinds = {float: ((int, float), "a number"), int: ((int,), "an integer"), str: ((str,), "a string"),
+             bool: ((bool,), "true or false")}
+    for key, value in raw.items():
+        kind = kinds.get(hints.get(key))
+        if kind is None:
+            continue
+        ok = isinstance(value, kind[0]) and (hints[key] is bool or not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"algorithm {name!r}: option algorithm.{key} = {str(value)[:40]!r} must be "
+                              f"{kind[1]}, not {type(value).__name__}")
+
 
 def float_state(model: nn.Module) -> Tensors:
     """The communicated part of a model: its floating-point state_dict entries (detached clones)."""

@@ -2,14 +2,14 @@
 client keeps (and uploads) after local training, under a cost budget.
 
 A selector is any callable ``selector(problem) -> Keep`` (``Keep`` = ``{layer: bool mask over its
-output channels}``); ``SELECTORS`` maps the names accepted by ``algorithm.selector``. The paper's
+output channels}``); ``SELECTORS`` maps the stateless names accepted by ``algorithm.selector``. The paper's
 reinforcement-learning agent (a graph encoder over the layer graph trained with PPO to output
-per-layer keep ratios) would be one more entry with the same signature: it would read
-``problem.groups``/``problem.weights`` as its state, ``problem.cost`` for the budget and
-``problem.score`` for its reward. It is not implemented here.
+per-layer keep ratios; ``selector = "rl"``, SPATL's default) reads the same ``SelectionProblem``
+(``groups``/``weights``/``flops`` as its state, ``cost`` for the budget, ``score`` for its reward)
+but keeps weights across rounds, so it lives in ``spatl_agent``.
 
 Provided:
-- ``greedy`` (default): filters ranked by the L2 norm of their weights; per-layer keep counts start
+- ``greedy``: filters ranked by the L2 norm of their weights; per-layer keep counts start
   at all channels and, while the cost is above the budget, the layer whose next notch down
   (``step`` x channels fewer, never below ``min_ratio``) loses the least validation accuracy per
   unit of cost saved is lowered (ties: least validation loss increase per unit saved).
@@ -40,6 +40,7 @@ class SelectionProblem:
     budget: float                                   # the cost fraction to reach
     min_ratio: float = 0.2
     step: float = 0.125
+    flops: CostModel | None = None                  # the FLOPs cost model (a node feature of the RL agent)
 
     def __post_init__(self) -> None:
         # filters by decreasing L2 norm of their weights (ties: lower index first)

@@ -3,8 +3,11 @@
 ``CASES`` is a table of mistakes users make — unknown names, out-of-range or mistyped values,
 impossible combinations, malformed TOML and ``--set`` syntax, bad codec specs, missing or corrupt
 dataset files, resuming what cannot be resumed. Each case is run through ``fedsqueeze.cli.main``
-(in this process) and must end with exit code 2 and exactly one line ``error: ...`` that names the
-problem and the fix (both checked by a phrase per case), with no traceback. The test suite
+(in this process, with the case's folder as the working directory) and must end with exit code 2 and
+exactly one line ``error: ...`` that names the problem and the fix (both checked by a phrase per case),
+with no traceback, within ``CASE_SECONDS``, and with the case's folder byte-for-byte as it was (a
+snapshot of the tree before and after: nothing created, removed or changed). The hostile and careless
+inputs beyond the first table are in ``fedsqueeze.bench.badinput_cases``. The test suite
 (``tests/test_bad_input.py``) runs the same table; this command prints the coverage figure.
 """
 from __future__ import annotations
@@ -85,12 +88,23 @@ def _corrupt_gzip(folder: Path) -> None:
     p.with_name(p.name + ".gz").write_bytes(gzip.compress(b"x" * 100)[:15])
 
 
+_FINISHED: dict[str, Path] = {}  # one real run per process, copied into each case that needs it
+
+
 def _finished_run(folder: Path) -> None:
-    """A real one-round run (with its checkpoint) to resume."""
+    """A real one-round run (with its checkpoint) to resume, as ``folder/done``."""
+    import atexit
+    import shutil
+
     import fedsqueeze
 
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        fedsqueeze.run(dict(BASE), run_dir=folder / "done", plot=False)
+    if "run" not in _FINISHED or not _FINISHED["run"].is_dir():
+        keep = Path(tempfile.mkdtemp(prefix="fedsqueeze-badinput-run-"))
+        atexit.register(shutil.rmtree, keep, True)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            fedsqueeze.run(dict(BASE), run_dir=keep / "done", plot=False)
+        _FINISHED["run"] = keep / "done"
+    shutil.copytree(_FINISHED["run"], folder / "done", symlinks=True)
 
 
 FMNIST = {"data.source": "fashion_mnist", "data.dir": "{dir}/fmnist"}
@@ -213,9 +227,46 @@ def command_line(case: Case, folder: Path) -> list[str]:
     return ["run", str(config), "--quiet", "--out", str(folder / "run"), *[fill(a) for a in case.args]]
 
 
-def problems(case: Case, folder: Path, code: int, err: str) -> list[str]:
-    """What is wrong with how the command line handled the case (empty: a clean one-line error)."""
+CASE_SECONDS = 10.0  # a bad input is refused quickly: no hang, no training first
+
+
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """Every entry under ``folder`` (links not followed): kind, and a file's mode and SHA-256."""
+    import hashlib
+    import os
+
+    out: dict[str, tuple] = {}
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            p = Path(root) / name
+            rel = str(p.relative_to(folder))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir",)
+            elif p.is_file():
+                out[rel] = ("file", p.stat().st_mode, hashlib.sha256(p.read_bytes()).hexdigest())
+            else:  # a FIFO, socket or device: never read it
+                out[rel] = ("special", p.stat().st_mode)
+    return out
+
+
+def changes(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
+    """What a command created, removed or changed, as short descriptions."""
+    return ([f"created {k}" for k in sorted(set(after) - set(before))]
+            + [f"removed {k}" for k in sorted(set(before) - set(after))]
+            + [f"changed {k}" for k in sorted(set(before) & set(after)) if before[k] != after[k]])
+
+
+def problems(case: Case, folder: Path, code: int, err: str, *, seconds: float | None = None,
+             changed: list[str] | None = None) -> list[str]:
+    """What is wrong with how the command line handled the case (empty: a clean one-line error, in time,
+    with nothing written or changed in the case's folder)."""
     out = []
+    if seconds is not None and seconds > CASE_SECONDS:
+        out.append(f"took {seconds:.1f} s (more than {CASE_SECONDS:g} s)")
+    if changed:
+        out.append(f"the folder changed: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}")
     if code != 2:
         out.append(f"exit code {code}, not 2")
     if "Traceback" in err:
@@ -235,13 +286,21 @@ def problems(case: Case, folder: Path, code: int, err: str) -> list[str]:
 
 
 def run_case(case: Case, folder: Path) -> tuple[int, str, list[str]]:
-    """(exit code, stderr, problems) of one case through ``fedsqueeze.cli.main`` in this process."""
+    """(exit code, stderr, problems) of one case through ``fedsqueeze.cli.main`` in this process, run in
+    ``folder`` (the working directory too), whose tree is compared before and after."""
+    import os
+    import time
+
     from fedsqueeze.cli import main
 
     argv = command_line(case, folder)
+    before = snapshot(folder)
     err = io.StringIO()
+    cwd = os.getcwd()
+    start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         try:
+            os.chdir(folder)
             code = main(argv)
         except SystemExit as e:  # argparse usage errors
             code = e.code if isinstance(e.code, int) else 1
@@ -249,7 +308,11 @@ def run_case(case: Case, folder: Path) -> tuple[int, str, list[str]]:
             import traceback
             traceback.print_exc()
             code = 1
-    return code, err.getvalue(), problems(case, folder, code, err.getvalue())
+        finally:
+            os.chdir(cwd)
+    seconds = time.perf_counter() - start
+    return code, err.getvalue(), problems(case, folder, code, err.getvalue(), seconds=seconds,
+                                          changed=changes(before, snapshot(folder)))
 
 
 def main(args) -> int:
@@ -272,3 +335,8 @@ def main(args) -> int:
         console.print(t)
     console.print(f"bad inputs covered: {len(CASES)}, clean one-line errors with exit 2: {clean}")
     return 0 if clean == len(CASES) else 1
+
+
+from fedsqueeze.bench.badinput_cases import MORE_CASES  # noqa: E402  (they use Case and the helpers above)
+
+CASES += MORE_CASES

@@ -12,6 +12,17 @@ def _main_of(module: str) -> Callable:
     return importlib.import_module(f"fedsqueeze.bench.{module}").main
 
 
+def _checked(module: str, **ranges: tuple[float, float]) -> Callable:
+    """The benchmark's ``main``, after its numeric arguments are range-checked (``check_ranges``) and
+    its ``--out`` (if any) checked to be a usable folder."""
+    def run(args) -> int:
+        check_ranges(args, **ranges)
+        if getattr(args, "out", None):
+            check_out_folder(Path(args.out))
+        return _main_of(module)(args)
+    return run
+
+
 def _entropy_stage(console, updates, settings, label) -> None:
     from fedsqueeze.bench import entropy_stage
 
@@ -20,19 +31,73 @@ def _entropy_stage(console, updates, settings, label) -> None:
         entropy_stage.print_rows(console, rows, label)
 
 
+def check_ranges(args, **ranges: tuple[float, float]) -> None:
+    """Each named argument (when given) a finite number in its [low, high], else a one-line error."""
+    import math
+
+    from fedsqueeze.errors import ConfigError
+
+    fmt = lambda v: f"{int(v):,}" if float(v).is_integer() else f"{v:g}"  # noqa: E731
+    for name, (low, high) in ranges.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if low is None:  # the benchmark checks the lower end itself, with its own message
+            if math.isfinite(value) and value > high:
+                raise ConfigError(f"{flag} must be at most {fmt(high)}, got {value!r}")
+        elif not (math.isfinite(value) and low <= value <= high):
+            raise ConfigError(f"{flag} must be a number in [{fmt(low)}, {fmt(high)}], got {value!r}")
+
+
+def check_out_folder(out: Path) -> None:
+    """An output folder may exist (as a folder) or be creatable: no part of its path is a file."""
+    from fedsqueeze.errors import ConfigError
+
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"--out {out}: {p} is a file, not a folder; choose another --out")
+            return
+
+
+def check_names(text: str, known: list[str], what: str) -> list[str]:
+    """The comma-separated names in ``text``; an unknown one is a one-line error with a did-you-mean."""
+    import difflib
+
+    from fedsqueeze.errors import ConfigError
+
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise ConfigError(f"--{what} {text[:60]!r} names nothing; give comma-separated names: {', '.join(known)}")
+    for name in names:
+        if name not in known:
+            hint = difflib.get_close_matches(name, known, n=1)
+            raise ConfigError(f"--{what}: unknown name {name[:60]!r}"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(known)}"))
+    return names
+
+
 def cmd_bench_codecs(args) -> int:
     from rich.console import Console
 
     from fedsqueeze.bench import codecs as bench
     from fedsqueeze.bench.capture import capture_updates
 
+    check_ranges(args, dim=(16, 1 << 28), repeats=(1, 1000), warmup=(0, 1000), clients=(1, 1000))
     console = Console(width=160)
     if getattr(args, "speed", False):
-        from fedsqueeze.bench import codec_speed
+        from fedsqueeze.bench import codec_speed, speed
 
-        return codec_speed.main(console, args.speed_params, args.repeats)
+        if not args.codecs or "rdq" in [c.strip() for c in args.codecs.split(",")]:
+            codec_speed.main(console, args.speed_params, args.repeats)
+        return speed.main(args, console)
     out = Path(args.out)
-    wanted = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else None
+    check_out_folder(out)
+    wanted = None
+    if args.codecs is not None:
+        from fedsqueeze.registry import CODECS
+        wanted = check_names(args.codecs, sorted(CODECS.names()), "codecs")
 
     def settings(updates):
         return {k: v for k, v in bench.default_settings(updates).items() if wanted is None or k in wanted}
@@ -65,7 +130,7 @@ def add_parser(sub) -> None:
     be.add_argument("--data-dir")
     be.add_argument("--device", default="cpu", help="where both sides compute: cpu (default), cuda, cuda:N, mps, auto")
     be.add_argument("--out", default="runs/bench-engine", help="folder for the CSV")
-    be.set_defaults(func=lambda a: _main_of("engine")(a))
+    be.set_defaults(func=_checked("engine", rounds=(1, 10_000), clients_per_round=(1, 100_000)))
     bc = bsub.add_parser("codecs", help="rate, distortion and speed of every codec vs the rate-distortion limit",
                          description="Every codec across its settings on real FedAvg updates (Fashion-MNIST, CNN) and "
                                      "on synthetic Laplace vectors: bits/parameter (headers included), NMSE, encode and "
@@ -80,7 +145,8 @@ def add_parser(sub) -> None:
     bc.add_argument("--repeats", type=int, default=5)
     bc.add_argument("--out", default="runs/bench-codecs")
     bc.add_argument("--speed", action="store_true",
-                    help="only the entropy coders' encode/decode MB/s on one big Gaussian tensor (rdq ans, ctx, gamma)")
+                    help="only speed tables: the entropy coders' encode/decode MB/s on one big Gaussian tensor (rdq "
+                         "ans, ctx, gamma; unless --codecs leaves rdq out), then every codec's (--codecs picks ids)")
     bc.add_argument("--speed-params", type=int, default=10_000_000, help="parameters of the --speed tensor")
     bc.set_defaults(func=cmd_bench_codecs)
     bf = bsub.add_parser("fuzz", help="hostile payloads against the decoders: only our own errors allowed",
@@ -99,7 +165,8 @@ def add_parser(sub) -> None:
     bf.add_argument("--max-numel", type=int, default=1 << 22, help="element cap of the decoder")
     bf.add_argument("--mem-cap-mb", type=int, default=1024,
                     help="address space a worker may add to its size at start (MB); beyond it is a failure")
-    bf.set_defaults(func=lambda a: _main_of("fuzz")(a))
+    bf.set_defaults(func=_checked("fuzz", cases=(None, 10**9), seed=(0, 2**63 - 1), jobs=(None, 256),
+                                    time_limit=(0.01, 3600), max_numel=(1, 1 << 31), mem_cap_mb=(16, 1 << 20)))
     bk = bsub.add_parser("kill", help="SIGKILL a run at random points, resume each time: metrics must be identical",
                          description="A small run (digits, SCAFFOLD, error-feedback uplink, simulated client faults) is "
                                      "killed with SIGKILL at random points — inside checkpoint and client-state writes, "
@@ -112,7 +179,7 @@ def add_parser(sub) -> None:
     bk.add_argument("--seed", type=int, default=0, help="seed of the run and of the kill points")
     bk.add_argument("--out", help="keep the run folders here (default: a temporary folder, removed)")
     bk.add_argument("--quiet", action="store_true", help="only the result lines")
-    bk.set_defaults(func=lambda a: _main_of("kill")(a))
+    bk.set_defaults(func=_checked("kill", points=(None, 10_000), rounds=(None, 10_000), seed=(0, 2**63 - 1)))
     bb = bsub.add_parser("badinput", help="bad configs, options and data files: each must give one clean error line",
                          description="Run the table of bad inputs (fedsqueeze.bench.badinput.CASES: unknown names, "
                                      "out-of-range and mistyped values, malformed TOML and --set, bad codec specs, "
@@ -141,7 +208,8 @@ def add_parser(sub) -> None:
     bt.add_argument("--skip-speed", action="store_true", help="memory only")
     bt.add_argument("--skip-memory", action="store_true", help="speed only")
     bt.add_argument("--out", default="runs/bench-throughput", help="folder for throughput.csv and memory.csv")
-    bt.set_defaults(func=lambda a: _main_of("throughput")(a))
+    bt.set_defaults(func=_checked("throughput", rounds=(None, 10_000), clients_per_round=(1, 100_000),
+                                    memory_rounds=(None, 10_000)))
     bv = bsub.add_parser("vectorize", help="local training of N clients, sequential vs vectorised (engine.vectorize)",
                          description="The same clients' local SGD on synthetic 1x28x28 data, the sequential loop vs "
                                      "torch.func.vmap (fedsqueeze.engine.vectorized), alternated; medians of client-steps/s, "
@@ -152,4 +220,4 @@ def add_parser(sub) -> None:
     bv.add_argument("--steps", type=int, default=15, help="local SGD steps per client (default 15)")
     bv.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     bv.add_argument("--repeats", type=int, default=3, help="timed repeats per side (default 3)")
-    bv.set_defaults(func=lambda a: _main_of("vectorize")(a))
+    bv.set_defaults(func=_checked("vectorize", clients=(1, 100_000), steps=(1, 100_000), batch=(1, 1 << 20), repeats=(1, 1000)))

@@ -214,7 +214,9 @@ def run_kills(points: int, *, seed: int = 0, rounds: int = 6, work: Path | None 
                 if code == -signal.SIGKILL:
                     report.kills += 1
                     report.by_point[point] = report.by_point.get(point, 0) + 1
-                    if rng.random() < 0.25 and _truncate(run_dir / "checkpoint.pt"):
+                    # only with a previous checkpoint to fall back to (a damaged only checkpoint is refused)
+                    if (rng.random() < 0.25 and (run_dir / "checkpoint.prev.pt").exists()
+                            and _truncate(run_dir / "checkpoint.pt")):
                         report.corrupted += 1
                         _, warnings = load_checkpoint(run_dir)
                         if not any("corrupt" in w for w in warnings):

@@ -96,9 +96,10 @@ class Codec:
         return self.get_config()
 
     @classmethod
-    def from_header_config(cls, config: Mapping[str, Any]) -> "Codec":
-        """The sender's codec from a payload header's config (a codec whose header omits a field
-        whose default changed gives that field its old meaning here)."""
+    def from_payload_config(cls, config: Mapping[str, Any]) -> "Codec":
+        """The codec that wrote a payload whose header carries ``config``. Same as ``from_config``,
+        except where a codec gained an option whose absence means the older format (DRIVE/EDEN's
+        ``layout``): old payloads keep decoding as they were written."""
         return cls.from_config(config)
 
     def describe(self) -> str:
@@ -243,7 +244,7 @@ def decode_with(cls: type[Codec], header: Header, body: memoryview, *,
     if total > max_numel:
         raise PayloadError(f"payload declares {total} elements, more than the allowed {max_numel}")
     try:
-        codec = cls.from_header_config(header.config)
+        codec = cls.from_payload_config(header.config)
     except CodecError as e:
         raise PayloadError(f"payload carries an invalid codec config: {e}") from e
     try:

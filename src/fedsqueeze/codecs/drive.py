@@ -15,7 +15,10 @@ regenerates it) and sends ``sign(R x)`` and a scale ``S``; the receiver returns
 ``chunk`` are rotated in rows of ``chunk`` values (plus a tail row padded to a power of two), each
 with its own scale: every row is an independent DRIVE instance with the same error, padding stays
 below ``chunk`` values, and the scales cost 32 bits per ``chunk`` coordinates. ``chunk >= numel``
-is the paper's whole-tensor rotation.
+is the paper's whole-tensor rotation. ``layout`` (default ``"split"``): the tail after the full rows
+becomes power-of-two rows of at least 1024 values plus one padded row for the last ``< 1024``
+values; ``"pow2"`` pads the whole tail to one power-of-two row (the original format, up to half of
+it padding). See ``fedsqueeze.codecs.rotated``.
 
 Rotation: the randomized Hadamard transform, the paper's practical choice (its proofs assume a
 uniform random rotation). ``⟨x̂, x⟩ = ‖x‖²`` still holds exactly, but ``E[x̂] = x`` only
@@ -30,7 +33,8 @@ this changes the estimator; we follow the paper.
 
 Body: ``rows`` float32 scales, then one bit per padded coordinate, 1 = negative (``R x < 0``),
 0 = non-negative, MSB-first (see ``fedsqueeze.codecs.rotated``). About ``1 + 32 / chunk``
-bits per coordinate plus padding.
+bits per coordinate plus padding (below 1024 coordinates per tensor with ``layout="split"``: the
+MLP 784-200-200-10 costs 1.010 bits/parameter, headers included; 1.172 with ``"pow2"``).
 """
 from __future__ import annotations
 

@@ -25,7 +25,9 @@ As in DRIVE, the Hadamard rotation makes ``E[x̂] = x`` approximate (``⟨x̂, x
 ``chunk`` (default 2**16): long tensors are rotated in rows of ``chunk`` values plus a tail row
 zero-padded to a power of two, each row with its own ``S`` (and its own ``d`` and ``‖x‖``): each row
 is an independent EDEN instance with the same error. ``chunk >= numel`` is the paper's
-whole-tensor rotation.
+whole-tensor rotation. ``layout`` (default ``"split"``) cuts the tail into power-of-two rows of at
+least 1024 values plus one padded row, instead of padding it whole (``"pow2"``, the original
+format); see ``fedsqueeze.codecs.rotated``.
 
 Released code (``amitport/EDEN-Distributed-Mean-Estimation``, ``torch/eden.py``): the same
 estimator on the whole vector padded to a power of two (our ``chunk >= numel``), with the

@@ -16,7 +16,9 @@ Chunks (``rotate``/``unrotate``): a long vector of ``n`` values is cut into ``n 
 rotated on its own (block-diagonal ``H``), with one sign stream over the whole vector. Padding is
 then below ``chunk`` values, and the codecs keep one scale per row, so each row is an independent
 instance of the paper's estimator with the paper's error. ``chunk >= n`` is the paper's
-whole-vector rotation. Rows are processed in slabs of about ``SLAB`` values through two reused
+whole-vector rotation. With ``split = m`` (``ChunkLayout``) the tail is instead cut into
+power-of-two rows ``>= m`` (the binary expansion of its length) plus one padded row for the last
+``< m`` values: padding below ``m`` values per tensor (issue #20 item 5). Rows are processed in slabs of about ``SLAB`` values through two reused
 working buffers, so the working memory beyond input and output is a few MB at any size.
 
 The sign diagonal comes from ``torch.Generator().manual_seed(seed)``: 32 random bits per int64 word
@@ -95,62 +97,92 @@ def random_signs(n: int, seed: int, scale: float = 1.0) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ChunkLayout:
-    """How ``n`` values map to rotated rows: ``full`` rows of ``chunk``, then one row of ``tail``.
+    """How ``n`` values map to rotated rows: ``full`` rows of ``chunk``, then the tail rows.
 
-    Row ``r`` starts at coordinate ``r * chunk`` in the input and in the padded layout alike.
+    ``split = 0`` (the original layout): one tail row, the ``rest = n - full * chunk`` values
+    zero-padded to ``next_pow2(rest)``. ``split = m`` (a power of two): the tail is cut into rows of
+    the powers of two ``>= m`` in the binary expansion of ``rest`` (largest first), and what is left
+    (``rest % m``) becomes one last row zero-padded to its next power of two; where that row is as
+    wide as the row before it, the two become one row of twice the width (same padding, one row
+    less), repeatedly (so 2000 values with ``m = 1024`` are one row of 2048). Padding is then below
+    ``m`` values instead of below ``rest``; each extra row costs one scale. Every row but the last is
+    unpadded, so row ``r`` starts at the same coordinate ``start(r)`` in the input and in the padded
+    layout.
     """
 
     n: int
     chunk: int
+    split: int = 0
 
     @property
     def full(self) -> int:
         return self.n // self.chunk
 
+    def tail_widths(self) -> list[int]:
+        rest = self.n - self.full * self.chunk
+        if not rest:
+            return []
+        if not self.split or rest < self.split:
+            return [next_pow2(rest)]
+        rows = [1 << b for b in range(rest.bit_length() - 1, -1, -1) if (rest >> b) & 1 and 1 << b >= self.split]
+        left = rest % self.split
+        if left:
+            rows.append(next_pow2(left))
+        while len(rows) > 1 and rows[-1] == rows[-2]:  # the padded row fills up to the row before it:
+            rows[-2:] = [2 * rows[-1]]  # one row of twice the width, same padding, one scale less
+        return rows
+
     @property
     def tail(self) -> int:
-        rest = self.n - self.full * self.chunk
-        return next_pow2(rest) if rest else 0
+        """Padded width of the whole tail (one row unless ``split``)."""
+        return sum(self.tail_widths())
 
     @property
     def rows(self) -> int:
-        return self.full + (self.tail > 0)
+        return self.full + len(self.tail_widths())
 
     @property
     def padded(self) -> int:
         return self.full * self.chunk + self.tail
 
     def widths(self) -> np.ndarray:
-        return np.array([self.chunk] * self.full + ([self.tail] if self.tail else []), dtype=np.int64)
+        return np.array([self.chunk] * self.full + self.tail_widths(), dtype=np.int64)
+
+    def start(self, row: int) -> int:
+        """First coordinate of ``row`` (in the input and in the padded layout alike)."""
+        if row <= self.full:
+            return row * self.chunk
+        return self.full * self.chunk + sum(self.tail_widths()[:row - self.full])
 
     def slabs(self) -> Iterator[tuple[int, int, int]]:
         """``(first row, rows, width)`` groups of whole rows of about ``SLAB`` values, in order."""
         per = max(1, SLAB // self.chunk)
         for r in range(0, self.full, per):
             yield r, min(per, self.full - r), self.chunk
-        if self.tail:
-            yield self.full, 1, self.tail
+        for i, w in enumerate(self.tail_widths()):
+            yield self.full + i, 1, w
 
     def buffer(self) -> torch.Tensor:
         """A flat float32 buffer that fits the largest slab."""
-        return torch.empty(max(min(self.full, max(1, SLAB // self.chunk)) * self.chunk, self.tail))
+        return torch.empty(max([min(self.full, max(1, SLAB // self.chunk)) * self.chunk] + self.tail_widths()))
 
 
 def rotate(x: torch.Tensor, seed: int, chunk: int,
-           prescale: float = 1.0) -> Iterator[tuple[int, torch.Tensor]]:
+           prescale: float = 1.0, split: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
     """Rotated rows, a slab at a time: yields ``(first row, block)``, ``block`` = the rows
     ``H D (prescale · x)`` (unnormalised; divide a row of width ``w`` by ``sqrt(w)`` for ``R x``).
 
     ``block`` is a view into a working buffer that the next slab overwrites. ``prescale`` (a power
-    of two in the codecs, so exact) lets callers keep values in range.
+    of two in the codecs, so exact) lets callers keep values in range. ``split``: the tail layout
+    (see ``ChunkLayout``).
     """
     flat = x.reshape(-1)
     n = flat.numel()
-    lay = ChunkLayout(n, chunk)
+    lay = ChunkLayout(n, chunk, split)
     bits, table = sign_bytes(n, seed), (_BIT_SIGNS * prescale).astype(np.float32)
     buf, scratch = lay.buffer(), lay.buffer()
     for r, rows, w in lay.slabs():
-        start, size = r * chunk, rows * w
+        start, size = lay.start(r), rows * w
         real = min(size, n - start)
         a = buf[:size]
         torch.mul(flat[start:start + real], _signs(bits, start, start + real, table), out=a[:real])
@@ -159,19 +191,19 @@ def rotate(x: torch.Tensor, seed: int, chunk: int,
 
 
 def unrotate(fill: Callable[[int, int, torch.Tensor], None], seed: int, n: int, chunk: int,
-             row_scale: torch.Tensor) -> torch.Tensor:
+             row_scale: torch.Tensor, split: int = 0) -> torch.Tensor:
     """``D · row_scale · H v`` per row, cropped to ``n`` values: the inverse of ``rotate``.
 
     ``fill(start, stop, out)`` writes the rotated-domain values of padded coordinates
     ``[start, stop)`` into the float32 tensor ``out``; ``row_scale`` holds one float32 factor per
     row (``1 / w`` inverts ``rotate``; ``1 / sqrt(w)`` inverts the orthonormal ``R``).
     """
-    lay = ChunkLayout(n, chunk)
+    lay = ChunkLayout(n, chunk, split)
     bits, table = sign_bytes(n, seed), _BIT_SIGNS.astype(np.float32)
     buf, scratch = lay.buffer(), lay.buffer()
     out = torch.empty(n)
     for r, rows, w in lay.slabs():
-        start, size = r * chunk, rows * w
+        start, size = lay.start(r), rows * w
         real = min(size, n - start)
         fill(start, start + size, buf[:size])
         y = fwht_(buf[:size].view(rows, w), scratch[:size].view(rows, w))

@@ -129,7 +129,7 @@ class Pipeline(Codec):
         if header.codec_id != tail.codec_id:
             raise PayloadError(f"pipeline: nested payload is {header.codec_id!r}, expected {tail.codec_id!r}")
         try:
-            same = type(tail).from_header_config(header.config) == tail
+            same = _agrees(tail, type(tail).from_payload_config(header.config), header.config)
         except CodecError as e:
             raise PayloadError(f"pipeline: nested payload carries an invalid config: {e}") from e
         if not same:
@@ -148,4 +148,23 @@ class Pipeline(Codec):
         if len(tensors) != len(specs):
             raise PayloadError(f"pipeline: {len(tensors)} tensors came back for {len(specs)} declared")
         return out
+
+
+def _agrees(stage: Codec, nested: Codec, written: Mapping) -> bool:
+    """Whether a nested payload's codec is the one the stage's spec named when the payload was made: the
+    same codec, or one that differs only in options the nested header leaves out while the stage has them
+    at their defaults — a payload from before such an option existed, where the spec (e.g. ``"drive"``)
+    meant what the header's codec reads it as (``Codec.from_payload_config``, e.g. DRIVE's old layout)."""
+    if nested == stage:
+        return True
+    if not dataclasses.is_dataclass(stage) or type(stage) is not type(nested):
+        return False
+    for f in dataclasses.fields(stage):
+        mine, theirs = getattr(stage, f.name), getattr(nested, f.name)
+        if f.name in written:
+            if mine != theirs:
+                return False
+        elif mine != theirs and (f.default is dataclasses.MISSING or mine != f.default):
+            return False
+    return True
 

@@ -44,7 +44,7 @@ fixed offline step is near-optimal; tune it with the vote or ``fedsqueeze bench 
 Allocation (ours): ``alloc = "rd"`` picks each tensor's step at one common R–D slope for the
 distortion of the one-step setting (``fedsqueeze.codecs.rdq_alloc``); the steps travel as always, so
 decoding does not change. ``alloc = "one"`` is not written into the header's config, so a header
-without ``alloc`` means "one" (``RDQ.from_header_config``).
+without ``alloc`` means "one" (``RDQ.from_payload_config``).
 
 Budget mode (ours): ``target_bytes = N`` makes every payload the finest-step one that fits in N bytes
 (``fit_to_bytes``: a first guess from the high-rate relation R ≈ h − log2 u, then bracketing and
@@ -159,7 +159,7 @@ class RDQ(Codec):
         return {**self.get_config(), "alloc": self.alloc}
 
     @classmethod
-    def from_header_config(cls, config: Mapping) -> "RDQ":
+    def from_payload_config(cls, config: Mapping) -> "RDQ":
         """The sender's codec from a header: a header without ``alloc`` was written with "one" (the
         field is omitted then), whatever the current default."""
         return cls.from_config({"alloc": "one", **config})

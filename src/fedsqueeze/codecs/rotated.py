@@ -3,12 +3,28 @@
 Encoding a tensor of ``n`` values: flatten; multiply by a power of two ``2**-e`` so that
 ``max |x| < 1`` (exact but for values 2**126 below the largest; keeps every intermediate in float32
 range for inputs from 1e-45 to 3e38);
-rotate with ``fedsqueeze.codecs.hadamard.rotate`` (rows of ``chunk`` values plus a zero-padded
-power-of-two tail row, signs from the per-tensor seed); the subclass maps each rotated row to
+rotate with ``fedsqueeze.codecs.hadamard.rotate`` (rows of ``chunk`` values plus the tail rows of
+the ``layout``, signs from the per-tensor seed); the subclass maps each rotated row to
 ``b``-bit indices and one scale ``S`` (the paper's: the receiver's estimate of the rotated row is
 ``S * levels[index]``, and ``x̂ = Rᵀ(S · levels[index])``).
 
-Body of one tensor (``ChunkLayout(n, chunk)`` gives ``rows`` and the padded length ``L``)::
+Tail layouts (the ``layout`` option; issue #20 item 5):
+
+- ``"split"`` (default): the ``rest = n mod chunk`` values after the full rows become rows of the
+  powers of two ``>= SPLIT_MIN`` (1024) in the binary expansion of ``rest``, plus one row for the
+  last ``rest mod 1024`` values zero-padded to a power of two. Padding stays below 1024 values per
+  tensor (below 512 bits at 1 bit per coordinate) at one extra fp32 scale per extra row: the MLP
+  784-200-200-10 costs 1.010 bits/parameter with 1-bit DRIVE instead of 1.166. A tail shorter
+  than 1024 values is laid out exactly as in ``"pow2"``.
+- ``"pow2"``: the original layout, one tail row zero-padded to the next power of two (up to half
+  of the tail wasted: 40000 values become 65536 coordinates).
+
+Every row is still an independent instance of the paper's estimator (its own scale ``S``), so
+unbiasedness and the per-row error are those of a row of its width. Payloads from before the
+option carry no ``layout`` in their header config: they are decoded as ``"pow2"``
+(``from_payload_config``), so old payloads decode exactly as they always did.
+
+Body of one tensor (``ChunkLayout(n, chunk, split)`` gives ``rows`` and the padded length ``L``)::
 
     scales    rows x float32 little-endian        S of each rotated row, in row order
     indices   ceil(L * b / 8) bytes               the b-bit index of every rotated coordinate, in
@@ -35,6 +51,8 @@ from fedsqueeze.codecs.hadamard import ChunkLayout, rotate, unrotate
 from fedsqueeze.errors import CodecError, PayloadError
 
 _F32_MAX = float(np.finfo(np.float32).max)
+SPLIT_MIN = 1024  # "split" layout: the smallest unpadded tail row
+LAYOUTS = {"split": SPLIT_MIN, "pow2": 0}  # layout -> ChunkLayout's ``split``
 
 
 def pack_indices(idx: np.ndarray, bits: int) -> bytes:
@@ -94,6 +112,7 @@ class RotatedCodec(Codec):
     """Base of DRIVE and EDEN: subclasses set ``bits`` and implement ``levels`` and ``quantize``."""
 
     chunk: int = 1 << 16
+    layout: str = "split"
 
     bits: ClassVar[int] = 1
 
@@ -101,6 +120,17 @@ class RotatedCodec(Codec):
         c = self.chunk
         if isinstance(c, bool) or not isinstance(c, int) or c < 16 or c > 1 << 30 or c & (c - 1):
             raise CodecError(f"{self.codec_id}: chunk must be a power of two from 16 to 2**30, got {c!r}")
+        if self.layout not in LAYOUTS:
+            raise CodecError(f"{self.codec_id}: layout must be 'split' or 'pow2', got {self.layout!r}")
+
+    @classmethod
+    def from_payload_config(cls, config):
+        """A header without ``layout`` predates the option: its body has the ``"pow2"`` layout."""
+        return super().from_payload_config({"layout": "pow2", **config})
+
+    def chunk_layout(self, n: int) -> ChunkLayout:
+        """The rows of a tensor of ``n`` values under this codec's ``chunk`` and ``layout``."""
+        return ChunkLayout(n, self.chunk, LAYOUTS[self.layout])
 
     # ---- hooks ----------------------------------------------------------------------------------
     def levels(self) -> np.ndarray:
@@ -115,7 +145,7 @@ class RotatedCodec(Codec):
     # ---- the body ---------------------------------------------------------------------------------
     def encode_tensor(self, x: torch.Tensor, seed: int) -> bytes:
         flat = x.reshape(-1)
-        lay = ChunkLayout(flat.numel(), self.chunk)
+        lay = self.chunk_layout(flat.numel())
         lo, hi = torch.aminmax(flat)
         top = max(-float(lo), float(hi))
         if top == 0.0:
@@ -123,7 +153,7 @@ class RotatedCodec(Codec):
         e = max(math.frexp(top)[1], -125)  # 2**-e <= 2**125 stays a normal float32
         scales = np.empty(lay.rows)
         parts = []
-        for r, y in rotate(flat, seed, self.chunk, prescale=2.0 ** -e):
+        for r, y in rotate(flat, seed, self.chunk, prescale=2.0 ** -e, split=lay.split):
             idx, s = self.quantize(y)
             scales[r:r + len(s)] = s
             parts.append(pack_indices(idx, self.bits))
@@ -132,7 +162,7 @@ class RotatedCodec(Codec):
 
     def decode_tensor(self, data: memoryview, shape: tuple[int, ...], seed: int) -> torch.Tensor:
         n = math.prod(shape)
-        lay = ChunkLayout(n, self.chunk)
+        lay = self.chunk_layout(n)
         nbits = lay.padded * self.bits
         if len(data) != 4 * lay.rows + (nbits + 7) // 8:
             raise PayloadError(f"{self.codec_id}: {len(data)} body bytes for {n} values "
@@ -150,7 +180,7 @@ class RotatedCodec(Codec):
         def fill(start: int, stop: int, out: torch.Tensor) -> None:
             out.copy_(torch.from_numpy(index_values(stream, start, stop, self.bits, levels)))
 
-        return unrotate(fill, seed, n, self.chunk, row_scale)
+        return unrotate(fill, seed, n, self.chunk, row_scale, lay.split)
 
 
 def row_norms(y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

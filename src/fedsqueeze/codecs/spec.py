@@ -28,6 +28,8 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
             call = ast.parse(f"f({args})", mode="eval").body
             assert isinstance(call, ast.Call) and not call.args
             for kw in call.keywords:
+                if kw.arg is None or kw.arg in params:  # **mapping, or an option given twice
+                    raise ValueError(kw.arg)
                 params[kw.arg] = _literal(kw.value)
         except (SyntaxError, AssertionError, ValueError) as e:
             raise CodecError(f"cannot parse the options of codec spec {text!r}: write key=value pairs "

@@ -85,8 +85,7 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, devi
 
     say = console.print if console is not None else (lambda *a, **k: None)
     out_dir = Path(out) / suite.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (*rerun, *only):  # unknown names: a clear error before anything runs
+    for name in (*rerun, *only):  # unknown names: a clear error before anything runs (or is created)
         entry, _, seed = name.partition("/seed") if suite.seeds else (name, "", "")
         suite.run(entry)
         if seed and (not seed.isdigit() or int(seed) not in suite.seeds):
@@ -94,6 +93,7 @@ def run_suite(suite: Suite, out: str | Path, *, workers: int | None = None, devi
                               f"({', '.join(map(str, suite.seeds))}); name an entry or ENTRY/seedN")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs must be a whole number >= 1, got {jobs!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     todo = [j for j in suite.jobs() if not only or j[1].name in only or j[0] in only]
     pending: list[tuple[str, Config, Path, str]] = []
     for i, (key, spec, folder) in enumerate(todo, 1):

@@ -23,13 +23,12 @@ of them is refused — results on different federations are not comparable.
 from __future__ import annotations
 
 import copy
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedsqueeze.compare.network import NetworkProfile, parse_profiles
-from fedsqueeze.config import NAME_MAX, Config, check_name, from_dict
+from fedsqueeze.config import NAME_MAX, SEED_MAX, Config, check_name, from_dict, read_toml
 from fedsqueeze.errors import ConfigError
 
 # keys that define the federation: runs may not change them
@@ -119,8 +118,8 @@ def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
             raise ConfigError(f"{where}: {value!r} is not a comma-separated list of integers; {fix}") from None
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{where} must be a non-empty list; {fix}")
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
-        raise ConfigError(f"{where}: {value!r} has an entry that is not an integer >= 0; {fix}")
+    if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= SEED_MAX for v in value):
+        raise ConfigError(f"{where}: {str(value)[:80]} has an entry that is not an integer >= 0 (at most 2**63 - 1); {fix}")
     if len(set(value)) != len(value) or len(value) > SEEDS_MAX:
         raise ConfigError(f"{where}: seeds must be distinct and at most {SEEDS_MAX}; {fix}")
     return list(value)
@@ -130,10 +129,7 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"suite file {str(path)!r} not found; shipped suites live in configs/suites/")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    raw = read_toml(path, "suite file")
     unknown = set(raw) - _SUITE_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown suite key(s) {', '.join(sorted(unknown))}; "
@@ -143,10 +139,13 @@ def load_suite(path: str | Path) -> Suite:
     base_path = (path.parent / raw["base"]).resolve()
     if not base_path.is_file():
         raise ConfigError(f"{path}: base config {raw['base']!r} not found (looked at {base_path})")
-    try:
-        base = tomllib.loads(base_path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{base_path}: invalid TOML: {e}") from e
+    base = read_toml(base_path, "base config")
+    for key, value, want in (("base_set", {}, "a table of dotted keys, e.g. [base_set] \"eval.every\" = 2"),
+                             ("run", [], "[[run]] tables"), ("network", ["lte"], "a list of profile names or tables"),
+                             ("baselines", [], "a list of run names"), ("baseline", "", "a run name"),
+                             ("name", "", "a name"), ("description", "", "a string")):
+        if key in raw and not isinstance(raw[key], type(value)):
+            raise ConfigError(f"{path}: suite key {key!r} = {str(raw[key])[:40]} must be {want}")
     for key, value in (raw.get("base_set") or {}).items():
         _set_dotted(base, key, value, f"{path} [base_set]")
     suite_name = check_name(raw.get("name", path.stem), f"{path}: suite key 'name'")
@@ -168,6 +167,8 @@ def load_suite(path: str | Path) -> Suite:
             if not isinstance(entry["algorithm"], dict):
                 raise ConfigError(f"{where}: algorithm must be a table, e.g. algorithm = {{name = \"fedkd\"}}")
             cfg_raw["algorithm"] = copy.deepcopy(entry["algorithm"])
+        if not isinstance(entry.get("set", {}), dict):
+            raise ConfigError(f"{where}: set must be a table of dotted keys, e.g. set = {{\"codec.up\" = \"fp16\"}}")
         for key, value in (entry.get("set") or {}).items():
             for fed in FEDERATION_KEYS:
                 if key == fed or key.startswith(fed + "."):
@@ -175,8 +176,10 @@ def load_suite(path: str | Path) -> Suite:
                                       "shares data, seed, rounds and clients per round (change the base instead)")
             _set_dotted(cfg_raw, key, value, where)
         cfg_raw["name"] = f"{suite_name}-{entry['name']}"
+        if not isinstance(entry.get("label", ""), str):
+            raise ConfigError(f"{where}: label must be a string, e.g. label = \"fedavg, top-k 1%\"")
         budget = entry.get("budget_mb", 0.0)
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < float("inf"):
             raise ConfigError(f"{where}: budget_mb must be a number of megabytes > 0")
         try:
             cfg = from_dict(cfg_raw)

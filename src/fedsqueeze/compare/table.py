@@ -168,6 +168,8 @@ def rows(runs: dict[str, RunData], *, baseline: str, target: float,
             "codec_up": _spec_text(cfg["codec"]["up"]), "codec_down": _spec_text(cfg["codec"]["down"]),
             "rounds": len(run.history), "final_acc": accs[-1] if accs else None, "best_acc": max(accs) if accs else None,
             "personal_acc": _last(run.history, "personal_acc"),
+            "personal_acc_pruned": _last(run.history, "personal_acc_pruned"),  # SPATL: the deployed model
+            "flops_pruned": _last(run.history, "flops_pruned"),
             "mb_up": up / 1e6, "mb_down": down / 1e6, "mb_total": (up + down) / 1e6,
             "budget_mb": run.budget_mb or None, "target": target,
             "mb_to_target": hit["cum_bytes"] / 1e6 if hit else None,
@@ -219,6 +221,11 @@ def display_rows(table: list[dict[str, Any]], networks: list[NetworkProfile]) ->
                      "—" if r["rounds_to_target"] is None else str(r["rounds_to_target"]),
                      _time(r["wall_s_to_target"])]
                     + [_time(r[f"sim_s_to_target[{p.name}]"]) for p in networks])
+    if any(r.get("personal_acc_pruned") is not None for r in table):  # SPATL in the suite: its pruned models
+        head.insert(4, "pruned personal acc (FLOPs)")
+        for r, line in zip(table, body):
+            acc, flops = r.get("personal_acc_pruned"), r.get("flops_pruned")
+            line.insert(4, "—" if acc is None else f"{_pct(acc)} ({100 * flops:.0f}%)")
     return head, body
 
 

@@ -50,11 +50,13 @@ def _check_labels(labels: Any) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
+def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise DataError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise DataError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise DataError(f"{name} must be at most {maximum:,}, got {value:,}")
     return int(value)
 
 

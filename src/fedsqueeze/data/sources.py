@@ -230,6 +230,9 @@ def load_digits(**unused: Any) -> Dataset:
                    torch.from_numpy(x[test]), torch.from_numpy(y[test]), num_classes=10)
 
 
+SYNTHETIC_VALUES_MAX = 100_000_000  # samples x features of a generated dataset (0.8 GB as float64)
+
+
 def load_synthetic(num_samples: int = 2000, num_features: int = 20, num_classes: int = 5,
                    seed: int = 0, **unused: Any) -> Dataset:
     """Gaussian classes with random means: ``num_samples`` in total, split 80/20 by class.
@@ -237,9 +240,13 @@ def load_synthetic(num_samples: int = 2000, num_features: int = 20, num_classes:
     Class means are drawn from N(0, 0.5^2 I), so two means sit ~0.7*sqrt(F) apart against unit
     noise: learnable by a linear model, yet not trivially separable in few dimensions.
     """
-    num_samples = check_int("num_samples", num_samples, 2 * check_int("num_classes", num_classes, 2))
-    num_features = check_int("num_features", num_features, 1)
-    seed = check_int("seed", seed, 0)
+    num_samples = check_int("num_samples", num_samples, 2 * check_int("num_classes", num_classes, 2, 100_000),
+                            10_000_000)
+    num_features = check_int("num_features", num_features, 1, 1_000_000)
+    if num_samples * num_features > SYNTHETIC_VALUES_MAX:
+        raise DataError(f"synthetic data of {num_samples:,} samples x {num_features:,} features is more than "
+                        f"{SYNTHETIC_VALUES_MAX:,} values; lower data.options num_samples or num_features")
+    seed = check_int("seed", seed, 0, 2**63 - 1)
     rng = numpy_rng(seed, "synthetic")
     means = rng.normal(0.0, 0.5, size=(num_classes, num_features))
     y = rng.permutation(np.arange(num_samples) % num_classes)

@@ -89,3 +89,29 @@ def pooled_accuracy(rows: Iterable[tuple[int, int, int, dict]]) -> tuple[float |
     if not total_n:
         return None, None
     return total_c / total_n, sum(per_client) / len(per_client)
+
+
+def pruned_personal(runtime: Any, algo: Any, server_state: Any, store: Any, partition: Any, dataset: Any,
+                    num_clients: int, bs: int) -> dict[str, float | None]:
+    """For an algorithm that deploys a pruned personal model (``pruned_personal_model``: SPATL): the
+    ``personal_acc_pruned`` (pooled over every held-out sample, as ``personal_acc``) and ``flops_pruned``
+    (the pruned models' FLOPs fraction, mean over the same clients) of the models the clients would run."""
+    dataset = getattr(runtime, "dataset", dataset)
+    device = dataset.x_train.device
+    correct = n = 0
+    flops = []
+    for c in range(num_clients):
+        ho = partition.holdout[c]
+        if len(ho) == 0:
+            continue
+        stored = store.get(c)
+        slot, weights, fraction = algo.pruned_personal_model(server_state, stored.get("algo") if stored else None)
+        model = runtime.module(slot)
+        model.load_state_dict(weights, strict=False)
+        idx = torch.from_numpy(ho).to(device)
+        k, _, m = evaluate(model, dataset.x_train[idx], dataset.y_train[idx], bs)
+        correct, n = correct + k, n + m
+        flops.append(fraction)
+    if not n:
+        return {"personal_acc_pruned": None, "flops_pruned": None}
+    return {"personal_acc_pruned": correct / n, "flops_pruned": sum(flops) / len(flops)}

@@ -68,6 +68,13 @@ class RunState:
         return model
 
     def _resume(self) -> bool:
+        from fedsqueeze.engine.checkpoint import load_checkpoint
+
+        found, damaged = load_checkpoint(self.run_dir)
+        if found is None and damaged:  # not a crash before the first checkpoint: refuse, change nothing
+            raise FedsqueezeError(f"{damaged[0].split(';')[0]} and there is no intact previous checkpoint, so "
+                                  f"{self.run_dir} cannot continue; start it again with `fedsqueeze run "
+                                  f"{self.run_dir / 'config.toml'} --out {self.run_dir} --overwrite`")
         ckpt, warnings = restore_checkpoint(self.run_dir)
         self.warnings += warnings
         if ckpt is None:
@@ -98,6 +105,9 @@ class RunState:
         if ckpt is None:
             raise FedsqueezeError(f"{self.run_dir} has no readable checkpoint; personal reports need "
                                   "engine.checkpoint_every > 0")
+        if _identity(from_dict(ckpt["config"])) != _identity(self.cfg):
+            raise ConfigError(f"{self.run_dir / 'config.json'} does not match the run's checkpoint (edited?); "
+                              "restore it from the run's config.toml")
         self._adopt(ckpt, create=False)
 
     def _adopt(self, ckpt: dict, *, create: bool = True) -> None:

@@ -31,7 +31,7 @@ from fedsqueeze.engine import delta, faults, vectorized
 from fedsqueeze.engine.atomic import crash_point
 from fedsqueeze.engine.device import compute_mode, worker_devices
 from fedsqueeze.engine.deadline import Deadline
-from fedsqueeze.engine.evaluation import global_metrics, personal_accuracies, pooled_accuracy
+from fedsqueeze.engine.evaluation import global_metrics, personal_accuracies, pooled_accuracy, pruned_personal
 from fedsqueeze.engine.overlap import Admission, spare_core, without
 from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
 from fedsqueeze.engine.run_state import RunState
@@ -447,6 +447,9 @@ class Simulation(RunState):
             rec.update(global_metrics(self.runtime, self.algo, self.server_state, self.dataset, bs, self.metric_names))
         if self._due(self.cfg.eval.personal_every, rnd):
             rec["personal_acc"], rec["personal_acc_clients"] = self._personal(bs)
+            if hasattr(self.algo, "pruned_personal_model") and rec["personal_acc"] is not None:  # SPATL
+                rec.update(pruned_personal(self.runtime, self.algo, self.server_state, self.store, self.partition,
+                                           self.dataset, self.cfg.data.num_clients, bs))
         rec["eval_s"] = time.perf_counter() - t0
         return rec
 

@@ -11,6 +11,9 @@ A thin adapter, no networking of our own:
   ``stype``, the bytes untouched), experiment config <-> Flower run config.
 - ``app_template``: ``fedsqueeze flower app`` writes a ready Flower app for an experiment config.
 - ``local``: ``fedsqueeze flower local`` starts a SuperLink and N SuperNodes on 127.0.0.1 and runs it.
+- ``sim``: ``fedsqueeze flower sim`` runs the same apps on Flower's Simulation Engine (Ray), optional extra ``[sim]``.
+- ``clientapp_worker``: a long-lived ClientApp process per SuperNode (``--isolation process``) that keeps data
+  and model loaded between messages; ``fast_supernode``: ``flower-supernode`` with a short idle poll (loopback).
 - ``tls``: a throw-away certificate authority and server certificate for TLS tests and local runs.
 """
 from __future__ import annotations

@@ -107,7 +107,9 @@ SuperLink and the SuperNodes run.
 export FLWR_DISABLE_UPDATE_CHECK=1
 # 1. the SuperLink (one port for SuperNodes and for `flwr run`)
 flower-superlink {link_tls} --disable-runtime-dependency-installation --host {host} --port {port}
-{register}# 2. one SuperNode per client, i = 0 .. {n - 1} (each needs its own free --port on its machine)
+{register}# 2. one SuperNode per client, i = 0 .. {n - 1} (each needs its own free --port on its machine);
+#    faster rounds: add --isolation process and run `python -m fedsqueeze.flower.clientapp_worker` beside it
+#    (a long-lived ClientApp; fedsqueeze's docs/flower.md, "Deploy on real devices", step 4)
 flower-supernode {node_tls} --superlink {superlink} --port 9094 \\
     --node-config "partition-id=0 num-partitions={n}"
 # 3. run it (from this folder), with the connection below in $FLWR_HOME/config.toml

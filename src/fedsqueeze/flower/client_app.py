@@ -13,7 +13,9 @@ of the experiment's partition (the same split the simulation engine makes); ``--
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from typing import Any
 
 import torch
@@ -24,7 +26,9 @@ from fedsqueeze.engine.runtime import Runtime
 from fedsqueeze.errors import ConfigError, LegacyRunError
 from fedsqueeze.flower import records
 
-_RUNTIMES: dict[str, Runtime] = {}  # per process: a warm process serves later messages without reloading
+# per process, keyed by the whole experiment config (and data-dir): a long-lived ClientApp process
+# (``clientapp_worker``) serves later messages of the same experiment without reloading
+_RUNTIMES: dict[str, Runtime] = {}
 
 
 def partition_of(node_config: Any) -> tuple[int, int]:
@@ -49,8 +53,10 @@ def runtime_for(run_config: dict, node_config: Any) -> Runtime:
             raise ConfigError(f"this SuperNode has partition-id={client} num-partitions={parts}, but the experiment "
                               f"has data.num_clients = {cfg.data.num_clients}")
         dataset = load_dataset(cfg)
-        _RUNTIMES.clear()
+        _RUNTIMES.clear()  # one experiment per process: a runtime is never reused for another config
         _RUNTIMES[key] = Runtime(cfg, dataset, build_partition(cfg, dataset))
+        print(f"[fedsqueeze] ClientApp (pid {os.getpid()}): loaded data, partition and model of {cfg.name!r} "
+              f"(config {hashlib.sha256(key.encode()).hexdigest()[:12]})", flush=True)
     return _RUNTIMES[key]
 
 

@@ -9,9 +9,11 @@ start (Flower's SuperExec, ServerApp and ClientApp processes) — is stopped on 
 Ctrl-C: SIGTERM, then SIGKILL after a grace period. Flower's state lives in a private ``FLWR_HOME``;
 ``FLWR_DISABLE_UPDATE_CHECK=1`` everywhere.
 
-Flower starts a fresh ClientApp process for every message, so each round costs a few seconds of
-process start-up per client on top of training: fine for trying a deployment, slow for benchmarks
-(use the simulation engine for those).
+ClientApps: by default (``long_lived``) every SuperNode runs with ``--isolation process`` and is served by
+one long-lived ``clientapp_worker`` process that keeps torch, the data, the partition and the model loaded
+between messages; it is started after its SuperNode, restarted if it dies while the SuperNode runs, and
+stopped with it. ``long_lived=False`` is Flower's default: a fresh ClientApp process per message, which
+costs seconds of start-up per client and round.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from fedsqueeze.flower.auth import NodeKey, make_supernode_keys
 from fedsqueeze.flower.tls import Certificates, make_certificates
 
 HOST = "127.0.0.1"
+MAX_RESTARTS = 3  # of a long-lived ClientApp process per SuperNode
 
 
 def free_port() -> int:
@@ -144,7 +147,8 @@ class LocalFederation:
     """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1; a context manager that always cleans up."""
 
     def __init__(self, workdir: str | Path, nodes: int, *, insecure: bool = False, auth: bool = False,
-                 log: Callable[[str], None] = print, startup_timeout: float = 90.0) -> None:
+                 log: Callable[[str], None] = print, startup_timeout: float = 90.0,
+                 long_lived: bool = True, node_poll_s: float = 0.0) -> None:
         if auth and insecure:
             raise FedsqueezeError("SuperNode authentication needs TLS (Flower refuses it in plaintext); "
                                   "drop --insecure or --auth")
@@ -162,6 +166,18 @@ class LocalFederation:
         self.superlink: subprocess.Popen | None = None
         self.supernodes: dict[str, subprocess.Popen] = {}
         self._procs: list[subprocess.Popen] = []
+        self.run_args: list[str] = []  # extra `flwr run` arguments (the simulation's --federation-config)
+        # long_lived: SuperNodes run with --isolation process, each served by one clientapp_worker process
+        # (restarted by a supervisor thread if it dies while its SuperNode lives); else Flower's fresh
+        # flwr-clientapp process per message
+        self.long_lived = long_lived
+        # node_poll_s > 0: SuperNodes wait at most this long between polls (fast_supernode) instead of
+        # Flower's fixed 3 s when idle
+        self.node_poll_s = node_poll_s
+        self.workers: dict[str, subprocess.Popen] = {}
+        self._runtime_port: dict[str, int] = {}
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "LocalFederation":
@@ -185,6 +201,9 @@ class LocalFederation:
         env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["PYTHONUNBUFFERED"] = "1"
+        if env.get("PYTHONPATH"):  # Flower's processes run in the work folder: relative entries would miss
+            env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) if p else p
+                                                for p in env["PYTHONPATH"].split(os.pathsep))
         return env
 
     def tls_args(self, role: str) -> list[str]:
@@ -244,17 +263,54 @@ class LocalFederation:
         name = name or f"supernode-{i}"
         if key is None and self.auth and i < len(self.keys):
             key = self.keys[i].private
+        port = free_port()
+        launcher = [sys.executable, "-m", "fedsqueeze.flower.fast_supernode", str(self.node_poll_s)] \
+            if self.node_poll_s > 0 else ["flower-supernode"]
         proc = self._spawn(name, [
-            "flower-supernode", *(self.tls_args("supernode") if tls_args is None else tls_args),
-            "--superlink", self.address, "--port", str(free_port()),
+            *launcher, *(self.tls_args("supernode") if tls_args is None else tls_args),
+            "--superlink", self.address, "--port", str(port),
             "--node-config", f"partition-id={i} num-partitions={self.nodes}",
+            *(["--isolation", "process"] if self.long_lived else []),
             *(["--auth-supernode-private-key", str(key)] if key is not None else []), *(extra or [])])
         self.supernodes[name] = proc
+        if self.long_lived:
+            self._runtime_port[name] = port
+            self._start_worker(name)
+            if self._supervisor is None:
+                self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+                self._supervisor.start()
         return proc
+
+    def _start_worker(self, name: str) -> None:
+        """The long-lived ClientApp of SuperNode ``name`` (log ``logs/<name>-clientapp.log``)."""
+        self.workers[name] = self._spawn(f"{name}-clientapp", [
+            sys.executable, "-m", "fedsqueeze.flower.clientapp_worker", "--insecure",
+            "--runtime-api-address", f"{HOST}:{self._runtime_port[name]}",
+            "--parent-pid", str(self.supernodes[name].pid)])
+
+    def _supervise(self) -> None:
+        """Restart a long-lived ClientApp that died while its SuperNode runs (at most ``MAX_RESTARTS`` times
+        per SuperNode: one that keeps dying is reported and left down)."""
+        restarts: dict[str, int] = {}
+        while not self._stopping.wait(0.5):
+            for name, worker in list(self.workers.items()):
+                node = self.supernodes.get(name)
+                if worker.poll() is None or node is None or node.poll() is not None or self._stopping.is_set():
+                    continue
+                if restarts.get(name, 0) >= MAX_RESTARTS:
+                    continue
+                restarts[name] = restarts.get(name, 0) + 1
+                last = restarts[name] == MAX_RESTARTS
+                self.log(f"the ClientApp of {name} exited with code {worker.returncode}; "
+                         + (f"restarted it (last of {MAX_RESTARTS} restarts)" if last else "restarting it")
+                         + f"; log {self.logs / (name + '-clientapp.log')}")
+                self._start_worker(name)
 
     def kill_node(self, i: int) -> None:
         """Crash SuperNode ``i`` (SIGKILL to it and its ClientApp processes, no goodbye to the SuperLink)."""
         stop_tree(self.supernodes[f"supernode-{i}"], sig=signal.SIGKILL, grace=2.0, mark=self.mark)
+        if f"supernode-{i}" in self.workers:
+            stop_tree(self.workers[f"supernode-{i}"], sig=signal.SIGKILL, grace=2.0, mark=self.mark)
 
     @property
     def mark(self) -> bytes:
@@ -276,6 +332,9 @@ class LocalFederation:
         return proc
 
     def stop(self) -> None:
+        self._stopping.set()  # no ClientApp restarts from here on
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
         with _uninterrupted():
             for proc in reversed(self._procs):  # `flwr run`, the SuperNodes, then the SuperLink
                 if proc.poll() is None or descendants(proc.pid):
@@ -291,7 +350,7 @@ class LocalFederation:
     def run(self, app_dir: str | Path, *, timeout: float | None = None,
             on_line: Callable[[str], None] = print, run_config: list[str] | None = None) -> int:
         """``flwr run APP --stream`` against this federation; returns its exit code. Raises on timeout."""
-        cmd = ["flwr", "run", str(Path(app_dir).resolve()), CONNECTION, "--stream"]
+        cmd = ["flwr", "run", str(Path(app_dir).resolve()), CONNECTION, "--stream", *self.run_args]
         for item in run_config or []:
             cmd += ["--run-config", item]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

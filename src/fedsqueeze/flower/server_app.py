@@ -42,7 +42,7 @@ from fedsqueeze.errors import ConfigError, FedsqueezeError, MissingExtraError, P
 from fedsqueeze.flower import records
 from fedsqueeze.wire.payload import max_payload_bytes
 
-POLL_S = 0.5  # how often the server asks the SuperLink for replies
+POLL_S = 0.1  # how often the server asks the SuperLink for replies (a cheap call; latency of every step)
 
 
 class TooFewReplies(FedsqueezeError):

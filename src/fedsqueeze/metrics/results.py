@@ -14,6 +14,14 @@ ROUND_FIELDS = ["round", "global_acc", "global_loss", "personal_acc", "personal_
                 "clients", "rejected", "no_reply", "stragglers", "skipped", "client_metrics", "bytes_up", "bytes_down",
                 "cum_bytes_up", "cum_bytes_down", "cum_bytes", "round_s", "eval_s", "elapsed_s", "client_s"]
 TIMING_FIELDS = ("round_s", "eval_s", "elapsed_s", "client_s")
+# written only by the runs that report them (SPATL's pruned personal models), after the fixed fields
+OPTIONAL_FIELDS = ("personal_acc_pruned", "flops_pruned")
+
+
+def _record(rec: dict, fields: list[str] | tuple[str, ...] = ROUND_FIELDS) -> dict:
+    out = {k: _clean(rec.get(k)) for k in fields}
+    out.update({k: _clean(rec[k]) for k in OPTIONAL_FIELDS if k in rec})
+    return out
 
 
 def _clean(v: Any) -> Any:
@@ -85,21 +93,22 @@ class RunWriter:
     def rewrite_rounds(self, history: list[dict]) -> None:
         with open(self.dir / "metrics.jsonl", "w") as f:
             for rec in history:
-                f.write(json.dumps({k: _clean(rec.get(k)) for k in round_fields([rec])}) + "\n")
+                f.write(json.dumps(_record(rec, round_fields([rec]))) + "\n")
 
     def append_round(self, rec: dict) -> None:
         with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: _clean(rec.get(k)) for k in round_fields([rec])}) + "\n")
+            f.write(json.dumps(_record(rec, round_fields([rec]))) + "\n")
 
     def finish(self, result: Result) -> None:
         extra = sorted({k for rec in result.history for k in (rec.get("client_metrics") or {})})
         base = [f for f in round_fields(result.history) if f not in ("client_metrics", "client_s")]
-        fields = base + [f"client_{k}" for k in extra]
+        optional = [k for k in OPTIONAL_FIELDS if any(k in rec for rec in result.history)]
+        fields = base + optional + [f"client_{k}" for k in extra]
         with open(self.dir / "rounds.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             for rec in result.history:
-                row = {k: _clean(rec.get(k)) for k in base}
+                row = _record(rec, base)
                 row.update({f"client_{k}": _clean(v) for k, v in (rec.get("client_metrics") or {}).items()})
                 w.writerow(row)
         summary = result.summary()
@@ -111,5 +120,41 @@ class RunWriter:
 
 
 def read_history(run_dir: Path) -> list[dict]:
+    """The round records of ``metrics.jsonl``; a damaged file is a one-line DataError naming the line."""
+    from fedsqueeze.errors import DataError
+
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is damaged (not UTF-8 text); the run's records cannot be read") from None
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError):
+            rec = None
+        if not isinstance(rec, dict) or not isinstance(rec.get("round"), int) \
+                or not isinstance(rec.get("cum_bytes", 0), (int, float)):
+            raise DataError(f"{path} is damaged at line {number} (not a round record); restore the file or "
+                            "rerun that run")
+        out.append(rec)
+    return out
+
+
+def check_run_config(run_dir: Path) -> None:
+    """A one-line DataError unless ``run_dir/config.json`` (if present) is a readable run config."""
+    from fedsqueeze.errors import DataError
+
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return
+    try:
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        cfg = None
+    if not (isinstance(cfg, dict) and isinstance(cfg.get("codec"), dict) and isinstance(cfg.get("algorithm"), dict)
+            and isinstance(cfg.get("name"), str) and isinstance(cfg["algorithm"].get("name"), str)):
+        raise DataError(f"{path} is damaged (not a run config); restore it from the run's config.toml")

@@ -171,15 +171,46 @@ class CharLSTMSmall(CharLSTM):
     default_embed, default_hidden = 8, 64
 
 
+MODEL_PARAMS_MAX = 2_000_000_000  # parameters (8 GB as float32): model.options beyond this are a typo
+MODEL_OPTION_MAX = 1 << 24        # any integer option (a width, a depth, a hidden size)
+
+
+def _check_options(name: str, cls: type, input_shape: tuple[int, ...], num_classes: int, options: dict) -> None:
+    """``model.options`` validated before the model is built: integers in [0, MODEL_OPTION_MAX], and the
+    model they describe (built on the meta device: no memory, no random numbers) at most
+    ``MODEL_PARAMS_MAX`` parameters."""
+    from fedsqueeze.errors import ConfigError
+
+    for key, value in options.items():
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MODEL_OPTION_MAX:
+            raise ConfigError(f"model {name!r}: option {key} = {value:,} is out of range; sizes are integers "
+                              f"in [0, {MODEL_OPTION_MAX:,}]")
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            size = sum(p.numel() for p in cls(tuple(input_shape), num_classes, **options).parameters())
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001  the real build below reports it (or the model cannot be built on meta)
+        return
+    if size > MODEL_PARAMS_MAX:
+        raise ConfigError(f"model {name!r} with options {options} has {size:,} parameters (more than "
+                          f"{MODEL_PARAMS_MAX:,}); lower model.options")
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
     from fedsqueeze.errors import ConfigError
     from fedsqueeze.registry import MODELS
 
     cls = MODELS.get(name)
+    if options:
+        _check_options(name, cls, tuple(input_shape), num_classes, options)
     try:
         return cls(tuple(input_shape), num_classes, **options)
     except TypeError as e:
         raise ConfigError(f"model {name!r}: {e}") from e
+    except (RuntimeError, ValueError) as e:  # e.g. a negative size: torch's message names it
+        raise ConfigError(f"model {name!r} cannot be built with options {options}: "
+                          f"{str(e).splitlines()[0][:160]}; fix model.options") from e
 
 
 def count_parameters(model: nn.Module) -> int:
