@@ -20,7 +20,7 @@ BASE = {"name": "methods-digits", "seed": 0, "rounds": 10,
 SHARDS = {"data": {"source": "digits", "num_clients": 10, "partition": "shards", "shards_per_client": 2},
           "train": {"clients_per_round": 4, "local_epochs": 2, "batch_size": 16, "lr": 0.05}}
 KD = {"name": "fedkd", "teacher": "cnn"}
-VOTE = "rdq(step='vote', lam=1e-5, candidates=[1e-3, 4e-3, 1.6e-2])"
+VOTE = "rdq(step='vote', lam=1e-5, candidates=[1e-3, 4e-3, 1.6e-2], coder='gamma', normalize=False, dead_zone=0.0, alloc='one')"
 RUNS = [
     ("FedKD, SVD up, fp32 student down", {"algorithm": KD}),
     ("FedKD, SVD up, SVD delta down", {"algorithm": {**KD, "downlink": "delta"},
@@ -30,8 +30,8 @@ RUNS = [
                                                         "downlink": "delta"}}),
     ("FedAvg fp32", {}),
     ("FedAvg, rdq D+λR vote", {"codec": {"up": VOTE, "down": "fp32"}}),
-    ("FedAvg, rdq γ step 4e-3", {"codec": {"up": "rdq(step=4e-3)", "down": "fp32"}}),
-    ("FedAvg, rdq ANS step 4e-3", {"codec": {"up": "rdq(step=4e-3, coder='ans')", "down": "fp32"}}),
+    ("FedAvg, rdq γ step 4e-3", {"codec": {"up": "rdq(step=4e-3, coder='gamma', normalize=False, dead_zone=0.0, alloc='one')", "down": "fp32"}}),
+    ("FedAvg, rdq ANS step 4e-3", {"codec": {"up": "rdq(step=4e-3, coder='ans', normalize=False, dead_zone=0.0, alloc='one')", "down": "fp32"}}),
     ("shards: FedAvg", SHARDS),
     ("shards: FedAvg + fine-tuning", {**SHARDS, "algorithm": {"name": "fedavg_ft"}}),
     ("shards: pFedMe", {**SHARDS, "algorithm": {"name": "pfedme", "K": 5, "personal_lr": 0.05}}),

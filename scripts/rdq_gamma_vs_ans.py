@@ -49,8 +49,9 @@ def main() -> None:
     d = sum(t.numel() for t in ups[0].values())
     print(f"{a.preset}: {len(ups)} client updates of {d} parameters (round 1)")
     print(f"{'quantiser':<28}{'γ bits/param':>14}{'ANS bits/param':>16}{'γ / ANS':>10}")
-    rows = [(f"absolute step {u:g}", dict(step=u)) for u in STEPS]
-    rows += [(f"normalised step {s:g}·RMS", dict(step=s, normalize=True)) for s in NORMALISED]
+    old = dict(normalize=False, dead_zone=0.0, alloc="one")  # the settings this table was made with
+    rows = [(f"absolute step {u:g}", dict(old, step=u)) for u in STEPS]
+    rows += [(f"normalised step {s:g}·RMS", dict(old, step=s, normalize=True)) for s in NORMALISED]
     for label, opts in rows:
         g = [8 * len(RDQ(coder="gamma", **opts).encode(up)) / d for up in ups]
         n = [8 * len(RDQ(coder="ans", **opts).encode(up)) / d for up in ups]

@@ -23,7 +23,7 @@ def test_synthetic_laplace_is_seeded():
 
 def test_run_writes_csv_png_and_exact_bits(tmp_path):
     updates = synthetic_laplace(5000, 0)
-    specs = ["fp32", "rdq(step=2.0, normalize=True, coder='ans')"]
+    specs = ["fp32", "rdq(step=2.0, normalize=True, coder='ans', dead_zone=0.0, alloc='one')"]
     out = io.StringIO()
     rows = run(updates, "tiny", tmp_path, settings={"fp32": specs[:1], "rdq": specs[1:]}, repeats=2,
                console=Console(file=out, width=200))
@@ -76,7 +76,7 @@ def test_both_limits_and_symbol_entropies(tmp_path):
     g = torch.Generator().manual_seed(0)
     big = torch.randn(200, 100, generator=g) * 0.01 * torch.sign(torch.randn(200, 1, generator=g)).abs()
     up = [{"w": big, "b": torch.randn(50, generator=g) * 0.1}]
-    specs = ["rdq(step=1.0, normalize=True, coder='ans')", "rdq(step=1.0, normalize=True, coder='ctx')", "fp16"]
+    specs = ["rdq(step=1.0, normalize=True, coder='ans', dead_zone=0.0, alloc='one')", "rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.0, alloc='one')", "fp16"]
     rows = run(up, "lim", tmp_path, settings={"rdq": specs[:2], "fp16": specs[2:]}, repeats=1,
                console=Console(file=io.StringIO(), width=250))
     ans, ctxr, half = rows
@@ -95,11 +95,20 @@ def test_speed_bench_command(capsys):
 
     w = update_like(8000)
     assert w.shape == (2, 4000) and abs(float(w.double().square().mean().sqrt()) - 0.01) < 1e-6
-    rows = measure(8000, repeats=1, specs=["rdq(step=1.0, normalize=True, coder='ans')",
-                                           "rdq(step=1.0, normalize=True, coder='ctx')"])
+    rows = measure(8000, repeats=1, specs=["rdq(step=1.0, normalize=True, coder='ans', dead_zone=0.0, alloc='one')",
+                                           "rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.0, alloc='one')"])
     assert [r["params"] for r in rows] == [8000, 8000]
     assert rows[1]["bits_per_param"] < rows[0]["bits_per_param"]  # rows share a sign: contexts pay
     assert all(r["encode_MBps"] > 0 and r["decode_MBps"] > 0 for r in rows)
     assert main(["bench", "codecs", "--speed", "--speed-params", "8000", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "coder='ctx'" in out and "load average" in out
+    assert "constriction AnsCoder only" in out and "constriction Range coder only" in out
+
+
+def test_constriction_only_rows_code_the_rdq_symbols():
+    from fedsqueeze.bench.codec_speed import constriction_only
+
+    rows = constriction_only(8000, repeats=1)
+    assert [r["codec"] for r in rows] == ["constriction AnsCoder only", "constriction Range coder only"]
+    assert all(r["params"] == 8000 and r["encode_MBps"] > 0 and r["decode_MBps"] > 0 for r in rows)

@@ -132,6 +132,6 @@ def test_cli_rejects_bad_options(argv, message, capsys):
 def test_entropy_stage_within_half_a_percent_of_the_entropy():
     torch.manual_seed(0)
     update = {"w": torch.distributions.Laplace(0.0, 1e-3).sample((200_000,))}
-    rows = entropy_stage.measure([update], ["rdq(step=0.001, coder='ans')", "rdq(step=0.001)", "fp32"])
-    assert [r["codec"] for r in rows] == ["rdq(step=0.001, coder='ans')"]  # only the ANS stage is measured
+    rows = entropy_stage.measure([update], ["rdq(step=0.001, coder='ans', normalize=False, dead_zone=0.0, alloc='one')", "rdq(step=0.001, coder='gamma', normalize=False, dead_zone=0.0, alloc='one')", "fp32"])
+    assert [r["codec"] for r in rows] == ["rdq(step=0.001, coder='ans', normalize=False, dead_zone=0.0, alloc='one')"]  # only the ANS stage is measured
     assert 0 <= rows[0]["overhead_pct"] < 0.5 and rows[0]["symbols"] == 200_000

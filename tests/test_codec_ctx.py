@@ -99,7 +99,7 @@ def test_deterministic_bytes():
     assert ctx.encode(q, (64, 300)) == ctx.encode(q.copy(), (64, 300))
     assert ctx._encode_ctx(q.reshape(-1), (64, 300)) == ctx._encode_ctx(q.reshape(-1).copy(), (64, 300))
     x = {"w": torch.from_numpy(q.astype(np.float32) * 1e-3)}
-    codec = make_codec("rdq(step=1.0, normalize=True, coder='ctx')")
+    codec = make_codec("rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.0, alloc='one')")
     assert codec.encode(x, seed=3) == codec.encode(x, seed=3)
 
 
@@ -159,7 +159,7 @@ def test_structured_matrix_beats_order0_ans():
     cols[:, :100] = 0  # dead input features
     w = delta * cols * (1 + 0.5 * torch.randn(128, 512, generator=g))
     x = {"w": w}
-    ans, ctxc = (make_codec(f"rdq(step=0.2, coder='{c}')") for c in ("ans", "ctx"))
+    ans, ctxc = (make_codec(f"rdq(step=0.2, coder='{c}', normalize=False, dead_zone=0.0, alloc='one')") for c in ("ans", "ctx"))
     pa, pc = ans.encode(x, seed=0), ctxc.encode(x, seed=0)
     assert torch.equal(ans.decode(pa)["w"], ctxc.decode(pc)["w"])  # same quantiser, same values
     assert 8 * len(pa) / w.numel() > 1.5     # about 2 bits/parameter
@@ -170,15 +170,15 @@ def test_rdq_ctx_whole_payload_and_small_tensors():
     g = torch.Generator().manual_seed(1)
     x = {"w": torch.randn(200, 300, generator=g) * 0.01, "b": torch.randn(3, generator=g) * 0.01,
          "n": torch.tensor([4], dtype=torch.int64), "e": torch.zeros(0)}
-    codec = RDQ(step=1.0, normalize=True, coder="ctx")
+    codec = RDQ(step=1.0, normalize=True, coder="ctx", dead_zone=0.0, alloc="one")
     y = codec.decode(codec.encode(x, seed=0))
-    ref = RDQ(step=1.0, normalize=True, coder="ans")
+    ref = RDQ(step=1.0, normalize=True, coder="ans", dead_zone=0.0, alloc="one")
     z = ref.decode(ref.encode(x, seed=0))
     for k in x:
         assert torch.equal(y[k], z[k])
 
 
-@pytest.mark.parametrize("spec", ["rdq(step=1.0, normalize=True, coder='ctx')"])
+@pytest.mark.parametrize("spec", ["rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.0, alloc='one')"])
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_mutated_bodies_raise_only_payload_error(spec, data):
@@ -214,7 +214,10 @@ def golden_input() -> dict[str, torch.Tensor]:
 GOLDEN_SPEC = "rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.1)"
 # the recommended setting (docs/methods.md §5): context coder, normalised step, R–D allocation
 RECOMMENDED_SPEC = "rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.1, alloc='rd')"
-GOLDENS = [("rdq_ctx", GOLDEN_SPEC), ("rdq_ctx_rd", RECOMMENDED_SPEC)]
+# (fixture, the spec it was recorded with, that spec's meaning written for today's defaults)
+GOLDENS = [("rdq_ctx", GOLDEN_SPEC, GOLDEN_SPEC[:-1] + ", alloc='one')"),  # recorded when alloc defaulted to one
+           ("rdq_ctx_rd", RECOMMENDED_SPEC, RECOMMENDED_SPEC),
+           ("rdq_default", "rdq", "rdq")]  # rdq's defaults since December 2026 (the recommended setting)
 
 
 def golden_record(decoded: dict[str, torch.Tensor]) -> dict:
@@ -235,15 +238,28 @@ def payload_modes(payload: bytes) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("name, spec", GOLDENS)
-def test_golden_payload_still_decodes_and_encodes(name, spec):
+@pytest.mark.parametrize("name, recorded, spec", GOLDENS)
+def test_golden_payload_still_decodes_and_encodes(name, recorded, spec):
     payload = (GOLDEN / f"{name}.bin").read_bytes()
     expected = json.loads((GOLDEN / f"{name}.json").read_text())
-    assert expected["spec"] == spec
+    assert expected["spec"] == recorded
     out = decode_any(payload)
     assert golden_record(out) == expected["sha256"]
     assert payload_modes(payload) == expected["modes"] and expected["modes"][0] == "ctx"
     assert make_codec(spec).encode(golden_input(), seed=2024) == payload  # same bytes today
+
+
+def test_default_rdq_is_the_recommended_setting_and_old_headers_keep_their_meaning():
+    assert make_codec("rdq") == make_codec(RECOMMENDED_SPEC)
+    assert (GOLDEN / "rdq_default.bin").read_bytes() == (GOLDEN / "rdq_ctx_rd.bin").read_bytes()
+    # rdq_ctx.bin's header has no alloc (it was "one", which is never written): read as "one"
+    from fedsqueeze.codecs.rdq import RDQ
+    from fedsqueeze.wire.payload import unpack
+
+    header, _ = unpack((GOLDEN / "rdq_ctx.bin").read_bytes())
+    assert "alloc" not in header.config
+    assert RDQ.from_payload_config(header.config).alloc == "one"
+    assert RDQ.from_config(header.config).alloc == "rd"  # what a user's spec without alloc means today
 
 
 def _layered_update() -> dict[str, torch.Tensor]:
@@ -271,7 +287,7 @@ def test_rd_allocation_saves_bits_at_equal_or_lower_distortion(coder):
 
 def test_rd_allocation_with_a_budget_and_bad_value():
     x = _layered_update()
-    codec = make_codec("rdq(step=1.0, normalize=True, coder='ctx', alloc='rd', target_bytes=1500)")
+    codec = make_codec("rdq(step=1.0, normalize=True, coder='ctx', alloc='rd', target_bytes=1500, dead_zone=0.0)")
     payload = codec.encode(x, seed=0)
     assert len(payload) <= 1500 and decode_any(payload)["fc"].shape == (64, 256)
     from fedsqueeze.errors import CodecError
@@ -298,13 +314,15 @@ def _mlp_update(structured: bool) -> dict[str, torch.Tensor]:
 def test_side_information_stays_near_h0_on_a_whole_update():
     from fedsqueeze.bench.entropy_stage import measure
 
-    iid = measure([_mlp_update(False)], [f"rdq(step={s}, coder='{c}')" for s in (1e-3, 3e-3) for c in ("ans", "ctx")])
+    iid = measure([_mlp_update(False)], [f"rdq(step={s}, coder='{c}', normalize=False, dead_zone=0.0, alloc='one')"
+                                         for s in (1e-3, 3e-3) for c in ("ans", "ctx")])
     (a1, c1, a3, c3) = iid
     assert [round(r["entropy_bits"] / r["symbols"], 2) for r in iid] == [2.70, 2.70, 1.26, 1.26]
     for ans, ctxr in ((a1, c1), (a3, c3)):
         assert ctxr["payload_bits"] <= ans["payload_bits"]   # no context to use: ctx falls back, never worse
         assert ctxr["body_pct"] < 0.5                        # bodies (steps, tags, tables) within 0.5% of H0
-    structured = measure([_mlp_update(True)], ["rdq(step=1e-3, coder='ctx')", "rdq(step=2e-3, coder='ctx')"])
+    structured = measure([_mlp_update(True)], [f"rdq(step={s}, coder='ctx', normalize=False, dead_zone=0.0, alloc='one')"
+                                               for s in (1e-3, 2e-3)])
     for r in structured:
         assert 0.3 < r["entropy_bits"] / r["symbols"] < 2.5
         assert r["payload_pct"] < -2                         # whole payload, header included: -7.8%, -3.0% written

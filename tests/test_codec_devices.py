@@ -86,7 +86,7 @@ def test_decode_keeps_its_old_signature_and_rejects_a_bad_device():
 
 def test_pipeline_and_ef_thread_the_device():
     x = sample_update(5)
-    for spec in ("svd(threshold=0.9) | rdq(step=0.01)", "ef(inner='svd | rdq(coder=\"ans\")')",
+    for spec in ("svd(threshold=0.9) | rdq(step=0.01, coder='gamma', normalize=False, dead_zone=0.0, alloc='one')", "ef(inner='svd | rdq(coder=\"ans\", step=1e-3, normalize=False, dead_zone=0.0, alloc=\"one\")')",
                  "ef(inner='signsgd')"):
         codec = make_codec(spec)
         payload = codec.encode(x, seed=1)
@@ -119,7 +119,7 @@ def test_stateful_state_is_on_the_cpu_detached_and_input_layout_free(spec):
 
 def test_rdq_budget_mode_and_vote_take_any_layout():
     x = sample_update(6)
-    codec = RDQ(target_bytes=700)
+    codec = RDQ(target_bytes=700, coder="gamma", normalize=False, dead_zone=0.0, alloc="one")
     assert codec.encode(awkward(x), seed=2) == codec.encode(x, seed=2)
     assert rd_scores(awkward(x), [1e-3, 1e-2]) == rd_scores(x, [1e-3, 1e-2])
 

@@ -88,7 +88,7 @@ def test_inner_pipeline_from_a_spec_string():
     assert split_pipeline("svd | rdq(step=0.1)") == ["svd ", " rdq(step=0.1)"]
     assert split_pipeline("ef(inner='svd | rdq')") == ["ef(inner='svd | rdq')"]
     assert split_pipeline('ef(inner="a|b") | fp16') == ['ef(inner="a|b") ', " fp16"]
-    codec = make_codec("ef(inner='svd(threshold=0.9) | rdq(coder=\"ans\")')")
+    codec = make_codec("ef(inner='svd(threshold=0.9) | rdq(coder=\"ans\", step=1e-3, normalize=False, dead_zone=0.0, alloc=\"one\")')")
     assert codec.codec_id == "ef" and codec.codec.codec_id == "pipeline"
     g = torch.Generator().manual_seed(0)
     x = {"w": torch.randn(40, 30, generator=g)}

@@ -51,7 +51,7 @@ def _update():
 
 
 def test_transform_then_codec_round_trip(transpose):
-    codec = make_codec("transpose | rdq(step=0.01, coder='ans')")
+    codec = make_codec("transpose | rdq(step=0.01, coder='ans', normalize=False, dead_zone=0.0, alloc='one')")
     assert isinstance(codec, Pipeline) and codec.stages == ("transpose", "rdq(step=0.01, coder='ans')")
     x = _update()
     payload = codec.encode(x, seed=3)
@@ -63,7 +63,7 @@ def test_transform_then_codec_round_trip(transpose):
     inner, _ = unpack(body)
     assert inner.codec_id == "rdq" and [s.name for s in inner.tensors] == ["w/T", "b", "n"]
     assert inner.tensors[0].shape == (5, 3)
-    assert body.tobytes() == RDQ(step=0.01, coder="ans").encode(Transpose().forward(x, 0), seed=inner.seed)
+    assert body.tobytes() == RDQ(step=0.01, coder="ans", normalize=False, dead_zone=0.0, alloc="one").encode(Transpose().forward(x, 0), seed=inner.seed)
 
 
 def test_two_transforms_nest_pipelines(transpose):
@@ -86,10 +86,12 @@ def test_default_is_degenerate_fp32_pipeline():
 
 
 def test_of_writes_compact_specs():
-    p = Pipeline.of([RDQ(step=0.01, coder="ans")])
-    assert p.stages == ("rdq(step=0.01, coder='ans')",)
-    assert spec_string(RDQ()) == "rdq"
-    assert make_codec(p.stages[0]) == RDQ(step=0.01, coder="ans")
+    p = Pipeline.of([RDQ(step=0.01, coder="ans", normalize=False, dead_zone=0.0, alloc="one")])
+    assert p.stages == ("rdq(step=0.01, coder='ans')",)  # relative to rdq's old defaults (stage_defaults)
+    assert Pipeline.of([RDQ()]).stages == ("rdq(step=1.0, coder='ctx', normalize=True, dead_zone=0.1, alloc='rd')",)
+    assert make_codec(Pipeline.of([RDQ()]).stages[0]) == RDQ()
+    assert spec_string(RDQ(step=1e-3, coder="gamma", normalize=False, dead_zone=0.0, alloc="one")) == "rdq"
+    assert Pipeline(stages=p.stages)._codecs[0] == RDQ(step=0.01, coder="ans", normalize=False, dead_zone=0.0, alloc="one")
 
 
 def test_stages_before_the_last_must_be_transforms(transpose):
@@ -109,11 +111,11 @@ def test_hostile_stage_config_in_a_header_is_a_payload_error():
         bad = pack(Header(header.codec_id, header.seed, {"stages": stages}, header.tensors), bytes(body))
         with pytest.raises(PayloadError):
             decode_any(bad)
-    assert isinstance(Transpose(), Transform) and not isinstance(RDQ(), Transform)
+    assert isinstance(Transpose(), Transform) and not isinstance(RDQ(step=1e-3, coder="gamma", normalize=False, dead_zone=0.0, alloc="one"), Transform)
 
 
 def test_nested_config_must_match_the_stage(transpose):
-    codec = make_codec("transpose | rdq(step=0.01)")
+    codec = make_codec("transpose | rdq(step=0.01, coder='gamma', normalize=False, dead_zone=0.0, alloc='one')")
     header, body = unpack(codec.encode(_update(), seed=0))
     inner, inner_body = unpack(body)
     forged = pack(Header(inner.codec_id, inner.seed, {**inner.config, "step": 0.5}, inner.tensors),
@@ -126,7 +128,7 @@ def test_nested_config_must_match_the_stage(transpose):
 
 def test_svd_then_rdq():
     pytest.importorskip("fedsqueeze.codecs.svd")
-    codec = make_codec("svd(threshold=0.9) | rdq(step=0.01)")
+    codec = make_codec("svd(threshold=0.9) | rdq(step=0.01, coder='gamma', normalize=False, dead_zone=0.0, alloc='one')")
     g = torch.Generator().manual_seed(0)
     x = {"w": torch.randn(40, 30, generator=g) @ torch.diag(torch.logspace(0, -2, 30)), "b": torch.randn(40)}
     payload = codec.encode(x, seed=0)
@@ -134,4 +136,4 @@ def test_svd_then_rdq():
     assert y["w"].shape == (40, 30) and nmse(x, y) < 0.15
     inner, _ = unpack(unpack(payload)[1])
     assert {s.name for s in inner.tensors} == {"w/U", "w/S", "w/V", "b"}
-    assert len(payload) < RDQ(step=0.01).encode(x, seed=0).__len__()
+    assert len(payload) < RDQ(step=0.01, coder="gamma", normalize=False, dead_zone=0.0, alloc="one").encode(x, seed=0).__len__()

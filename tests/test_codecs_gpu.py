@@ -35,15 +35,15 @@ EXTRA = [
     "topk(fraction=0.1, values='fp16')", "topk(k=5)", "randk(fraction=0.5)", "randk(fraction=0.1, values='fp16')",
     "qsgd(norm='max', levels=4, bucket=64)", "terngrad(clip=0)", "signsgd(scale='none')",
     "threelc(multiplier=1.5)", "threelc(zero_run=False)", "rowsparse(cols=True, values='fp16')",
-    "rdq(rounding='stochastic')", "rdq(rounding='dither', coder='ans')", "rdq(normalize=True, step=0.1)",
-    "rdq(dead_zone=0.2, coder='ans')", "rdq(target_bytes=700)", "svd(threshold=0.5)", "powersgd(rank=4)",
+    "rdq(rounding='stochastic', step=1e-3, coder='gamma', normalize=False, dead_zone=0.0, alloc='one')", "rdq(rounding='dither', coder='ans', step=1e-3, normalize=False, dead_zone=0.0, alloc='one')", "rdq(normalize=True, step=0.1, coder='gamma', dead_zone=0.0, alloc='one')",
+    "rdq(dead_zone=0.2, coder='ans', step=1e-3, normalize=False, alloc='one')", "rdq(target_bytes=700, coder='gamma', normalize=False, dead_zone=0.0, alloc='one')", "svd(threshold=0.5)", "powersgd(rank=4)",
     "powersgd(rank=1, warm_start=False, error_feedback=False)",
-    "svd(threshold=0.9) | rdq(step=0.01)", "svd | rdq(coder='ans')", "svd(threshold=0.8) | topk(fraction=0.2)",
-    "ef(inner='signsgd')", "ef(inner='threelc')", "ef(inner='svd | rdq(coder=\"ans\")')",
+    "svd(threshold=0.9) | rdq(step=0.01, coder='gamma', normalize=False, dead_zone=0.0, alloc='one')", "svd | rdq(coder='ans', step=1e-3, normalize=False, dead_zone=0.0, alloc='one')", "svd(threshold=0.8) | topk(fraction=0.2)",
+    "ef(inner='signsgd')", "ef(inner='threelc')", "ef(inner='svd | rdq(coder=\"ans\", step=1e-3, normalize=False, dead_zone=0.0, alloc=\"one\")')",
 ]
 SPECS = IDS + EXTRA
 STATEFUL = ["ef", "ef(inner='signsgd')", "ef(inner='threelc')", "ef(inner='qsgd')",
-            "ef(inner='svd | rdq(coder=\"ans\")')", "powersgd", "powersgd(rank=4)",
+            "ef(inner='svd | rdq(coder=\"ans\", step=1e-3, normalize=False, dead_zone=0.0, alloc=\"one\")')", "powersgd", "powersgd(rank=4)",
             "powersgd(error_feedback=False)", "powersgd(warm_start=False)"]
 
 
@@ -180,7 +180,7 @@ def test_stateful_codecs_same_bytes_over_three_rounds(spec):
 
 def test_rdq_budget_and_vote_from_device_inputs():
     x = sample_update(6)
-    codec = RDQ(target_bytes=700)
+    codec = RDQ(target_bytes=700, coder="gamma", normalize=False, dead_zone=0.0, alloc="one")
     assert codec.encode(to_dev(x), seed=2) == codec.encode(x, seed=2)
     steps = [1e-4, 1e-3, 1e-2]
     assert rd_scores(to_dev(x), steps) == rd_scores(x, steps)

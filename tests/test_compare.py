@@ -116,7 +116,7 @@ def test_budget_mode_never_exceeds_budget(tmp_path, digits):
     from fedsqueeze.config import load_config
 
     cfg = load_config(ROOT / "configs" / "digits-quick.toml",
-                      ["rounds=4", 'codec.up="rdq(coder=\'ans\')"', "eval.personal_every=0"])
+                      ["rounds=4", 'codec.up="rdq(coder=\'ans\', step=1e-3, normalize=False, dead_zone=0.0, alloc=\'one\')"', "eval.personal_every=0"])
     fp32 = fedsqueeze.run(cfg.__class__(**{**cfg.__dict__, "codec": load_config().codec}), run_dir=tmp_path / "fp32",
                           dataset=digits, plot=False)
     # the fp32 downlink plus a tenth of the fp32 uplink: ~3 bits per uploaded parameter

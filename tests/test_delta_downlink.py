@@ -35,7 +35,7 @@ def test_lossless_delta_equals_broadcast_and_costs_the_same(tmp_path, digits):
 
 
 def test_lossy_delta_mirrors_stay_in_lockstep_and_save_bytes(tmp_path, digits):
-    spec = "rdq(coder='ans', normalize=true, step=0.5)"
+    spec = "rdq(coder='ans', normalize=true, step=0.5, dead_zone=0.0, alloc='one')"
     cfg = _cfg(codec={"up": "fp32", "down": spec, "downlink": "delta"})
     res = fedsqueeze.run(cfg, run_dir=tmp_path / "d", dataset=digits, plot=False)
     ref = fedsqueeze.run(_cfg(), run_dir=tmp_path / "r", dataset=digits, plot=False)
@@ -54,7 +54,7 @@ def test_lossy_delta_mirrors_stay_in_lockstep_and_save_bytes(tmp_path, digits):
 
 
 def test_delta_with_worker_pool_matches_in_process(tmp_path, digits):
-    spec = "rdq(coder='ans', normalize=true, step=0.5)"
+    spec = "rdq(coder='ans', normalize=true, step=0.5, dead_zone=0.0, alloc='one')"
     over = {"codec": {"up": "fp32", "down": spec, "downlink": "delta"}}
     a = fedsqueeze.run(_cfg(**over), run_dir=tmp_path / "a", dataset=digits, plot=False)
     b = fedsqueeze.run(_cfg(engine={"workers": 2}, **over), run_dir=tmp_path / "b", dataset=digits, plot=False)
@@ -63,7 +63,7 @@ def test_delta_with_worker_pool_matches_in_process(tmp_path, digits):
 
 
 def test_delta_resumes_exactly(tmp_path, digits):
-    spec = "rdq(coder='ans', normalize=true, step=0.5)"
+    spec = "rdq(coder='ans', normalize=true, step=0.5, dead_zone=0.0, alloc='one')"
     over = {"codec": {"up": "fp32", "down": spec, "downlink": "delta"}}
     full = fedsqueeze.run(_cfg(**over), run_dir=tmp_path / "full", dataset=digits, plot=False)
     cfg2 = _cfg(**over)

@@ -22,7 +22,7 @@ D = [0.25, 0.0, 0.0, 0.0]
 # (round, client) -> the update that client sends
 UPDATES = {(1, 0): A, (1, 1): C, (1, 2): D, (2, 0): A, (2, 1): B, (2, 2): C, (3, 0): A, (3, 1): A, (3, 2): A}
 LAM = 0.005
-SPEC = f"rdq(step='vote', lam={LAM}, candidates=[0.5, 0.25])"
+SPEC = f"rdq(step='vote', lam={LAM}, candidates=[0.5, 0.25], coder='gamma', normalize=False, dead_zone=0.0, alloc='one')"
 
 
 class FixedUpdates(FedAvg):
@@ -57,7 +57,7 @@ def _cfg(rounds=3, codec=None):
 def _score(v, step):
     """D + λR with D by hand below and R = 8·(real payload bytes)/d."""
     t = {"update/v": torch.tensor(v)}
-    return 8 * len(RDQ(step=step).encode(t)) / 4
+    return 8 * len(RDQ(step=step, coder="gamma", normalize=False, dead_zone=0.0, alloc="one").encode(t)) / 4
 
 
 def test_scores_by_hand():
@@ -105,7 +105,7 @@ def test_protocol_over_rounds(tmp_path, fixed):
             assert res.ledger.total("up", round=rnd, kind="rdq_vote", client=c) <= 45
     # the update payloads are plain fixed-step rdq payloads (their header names only the step)
     assert res.ledger.total("up", round=2, kind="update", client=0) == len(
-        RDQ(step=0.5).encode({"v": torch.tensor(A)}, seed=payload_seed(0, "up", 2, 0, 0, "update")))
+        RDQ(step=0.5, coder="gamma", normalize=False, dead_zone=0.0, alloc="one").encode({"v": torch.tensor(A)}, seed=payload_seed(0, "up", 2, 0, 0, "update")))
 
 
 def test_resume_keeps_the_adopted_step(tmp_path, fixed):
@@ -123,17 +123,17 @@ def test_initial_step_and_bad_options(tmp_path, fixed):
     with pytest.raises(CodecError, match="needs lam and candidates"):
         make_codec("rdq(step='vote')")
     with pytest.raises(CodecError, match="must be one of the candidates"):
-        make_codec("rdq(step='vote', lam=0, candidates=[1e-3], initial=2e-3)")
+        make_codec("rdq(step='vote', lam=0, candidates=[1e-3], initial=2e-3, coder='gamma', normalize=False, dead_zone=0.0, alloc='one')")
     with pytest.raises(ConfigError, match="uplink protocol"):
         fedsqueeze.run(_cfg(rounds=1, codec={"up": "fp32", "down": SPEC}), run_dir=tmp_path / "d", plot=False)
     # a fixed step keeps its old header: the vote's options are not written
-    assert "candidates" not in make_codec("rdq(step=0.01)").get_config()
+    assert "candidates" not in make_codec("rdq(step=0.01, coder='gamma', normalize=False, dead_zone=0.0, alloc='one')").get_config()
 
 
 def test_vote_on_a_real_federation_learns(tmp_path, digits):
     """Digits, 10 clients, 4 per round: the vote moves from the first candidate to a coarser step, the
     run learns as fp32 does and the uplink is several times smaller."""
-    spec = "rdq(step='vote', lam=1e-5, candidates=[1e-3, 4e-3, 1.6e-2])"
+    spec = "rdq(step='vote', lam=1e-5, candidates=[1e-3, 4e-3, 1.6e-2], coder='gamma', normalize=False, dead_zone=0.0, alloc='one')"
     res = fedsqueeze.run(digits_config(rounds=4, codec={"up": spec, "down": "fp32"}), run_dir=tmp_path / "r",
                          dataset=digits, plot=False)
     ref = fedsqueeze.run(digits_config(rounds=4), run_dir=tmp_path / "f", dataset=digits, plot=False)
@@ -158,7 +158,7 @@ def test_wrapper_delegates(digits):
 
 def test_worker_pool_matches_in_process(tmp_path, digits):
     """Clients in worker processes vote and encode exactly as in process (the wrapper is rebuilt there)."""
-    spec = "rdq(step='vote', lam=1e-5, candidates=[1e-3, 4e-3, 1.6e-2])"
+    spec = "rdq(step='vote', lam=1e-5, candidates=[1e-3, 4e-3, 1.6e-2], coder='gamma', normalize=False, dead_zone=0.0, alloc='one')"
     cfg = digits_config(rounds=3, codec={"up": spec, "down": "fp32"}, eval={"every": 3, "personal_every": 0})
     a = fedsqueeze.run(cfg, run_dir=tmp_path / "a", dataset=digits, plot=False)
     b = fedsqueeze.run({**cfg, "engine": {"workers": 2}}, run_dir=tmp_path / "b", dataset=digits, plot=False)

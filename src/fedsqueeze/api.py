@@ -108,7 +108,7 @@ class _Names:
         from fedsqueeze.codecs.base import Codec
 
         if isinstance(spec, Codec):
-            return {"name": self.name("codec", type(spec)), **spec.get_config()}
+            return {"name": self.name("codec", type(spec)), **spec.spec_config()}
         if isinstance(spec, type) and issubclass(spec, Codec):
             return {"name": self.name("codec", spec)}
         if isinstance(spec, (list, tuple)):

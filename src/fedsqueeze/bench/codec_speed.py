@@ -4,7 +4,9 @@ One update-like tensor (default 10^7 parameters, RMS 0.01, a 2500 x 4000 matrix,
 ``rdq`` with a normalised step of 1 (about 2 bits/parameter) and each coder (``ans``, ``ctx``,
 ``gamma``), on one torch thread. Speeds are fp32 MB/s (4 bytes per parameter over the median time
 of ``repeats`` runs, codecs alternating inside each repeat); the machine's load average is printed
-beside them, since other processes on the same cores slow every figure.
+beside them, since other processes on the same cores slow every figure. Two last rows time
+``constriction`` alone on the same symbols (``constriction_only``): the ceiling of the ANS and ctx
+figures, whatever the code around it does.
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import torch
 
 from fedsqueeze.codecs.spec import make_codec
 
-SPECS = ["rdq(step=1.0, normalize=True, coder='ans')",
-         "rdq(step=1.0, normalize=True, coder='ctx')",
-         "rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.1)",
-         "rdq(step=1.0, normalize=True)"]  # the γ code
+SPECS = ["rdq(step=1.0, normalize=True, coder='ans', dead_zone=0.0, alloc='one')",
+         "rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.0, alloc='one')",
+         "rdq(step=1.0, normalize=True, coder='ctx', dead_zone=0.1, alloc='one')",
+         "rdq(step=1.0, normalize=True, coder='gamma', dead_zone=0.0, alloc='one')",  # the γ code
+         "rdq"]  # the default: ctx, dead zone 0.1, alloc='rd'
 
 
 def update_like(params: int, seed: int = 0) -> torch.Tensor:
@@ -66,16 +69,69 @@ def measure(params: int = 10_000_000, repeats: int = 3, specs: list[str] | None 
             for s, _ in codecs]
 
 
+def constriction_only(params: int = 10_000_000, repeats: int = 3) -> list[dict]:
+    """The floor under rdq's ANS and ctx figures: ``constriction`` alone (ANS stack, range queue) coding
+    the symbols of ``rdq(step=1.0, normalize=True, coder='ans')`` on the same tensor under one
+    categorical model, with no table, packing or context work around it."""
+    import constriction
+    import numpy as np
+
+    from fedsqueeze.codecs.entropy import _model
+
+    x = update_like(params).reshape(-1)
+    codec = make_codec("rdq(step=1.0, normalize=True, coder='ans', dead_zone=0.0, alloc='one')")
+    q = codec.quantize(x.clone(), codec._unit(x), 0).numpy()
+    index = (q - q.min()).astype(np.int32)
+    model = _model(np.bincount(index))
+    stack, queue = constriction.stream.stack, constriction.stream.queue
+
+    def ans():
+        coder = stack.AnsCoder()
+        coder.encode_reverse(index, model)
+        words = coder.get_compressed()
+        t = time.perf_counter()
+        stack.AnsCoder(words).decode(model, len(index))
+        return t
+
+    def rng():
+        coder = queue.RangeEncoder()
+        coder.encode(index, model)
+        words = coder.get_compressed()
+        t = time.perf_counter()
+        queue.RangeDecoder(words).decode(model, len(index))
+        return t
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for label, run in (("constriction AnsCoder only", ans), ("constriction Range coder only", rng)):
+            enc, dec = [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                t1 = run()
+                t2 = time.perf_counter()
+                enc.append(t1 - t0)
+                dec.append(t2 - t1)
+            mb = 4 * len(index) / 1e6
+            rows.append({"codec": label, "params": len(index), "bits_per_param": float("nan"),
+                         "encode_MBps": mb / statistics.median(enc), "decode_MBps": mb / statistics.median(dec)})
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
 def main(console, params: int, repeats: int) -> int:
     from rich.table import Table
 
     load0 = os.getloadavg()[0]
-    rows = measure(params, repeats)
+    rows = measure(params, repeats) + constriction_only(params, repeats)
     t = Table(title=f"entropy coders on {rows[0]['params']:,} update-like parameters (one thread, fp32 MB/s)")
     for col in ("codec", "bits/param", "encode MB/s", "decode MB/s"):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(r["codec"], f"{r['bits_per_param']:.3f}", f"{r['encode_MBps']:.0f}", f"{r['decode_MBps']:.0f}")
+        bits = "-" if r["bits_per_param"] != r["bits_per_param"] else f"{r['bits_per_param']:.3f}"
+        t.add_row(r["codec"], bits, f"{r['encode_MBps']:.0f}", f"{r['decode_MBps']:.0f}")
     console.print(t)
     console.print(f"load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after, on {os.cpu_count()} cpus; "
                   f"median of {repeats}")

@@ -58,15 +58,16 @@ DEFAULT_SWEEP: dict[str, list[str]] = {
     "fp32": ["fp32"],
     "fp16": ["fp16"],
     "bf16": ["bf16"],
-    "rdq": [f"rdq(step={s}, normalize=True, coder='ans')" for s in (0.5, 1.0, 2.0, 4.0, 8.0)]
-    + [f"rdq(step={s}, normalize=True, coder='ctx', dead_zone=0.1)" for s in (0.5, 1.0, 2.0, 4.0)]
+    "rdq": [f"rdq(step={s}, normalize=True, coder='ans', dead_zone=0.0, alloc='one')" for s in (0.5, 1.0, 2.0, 4.0, 8.0)]
+    + [f"rdq(step={s}, normalize=True, coder='ctx', dead_zone=0.1, alloc='one')" for s in (0.5, 1.0, 2.0, 4.0)]
     + [f"rdq(step={s}, normalize=True, coder='ctx', dead_zone=0.1, alloc='rd')" for s in (1.0, 2.0, 4.0)]
-    + ["rdq(step=2.0, normalize=True, coder='ans', dead_zone=0.25)",
-       "rdq(step=2.0, normalize=True, coder='ans', rounding='dither')",
-       "rdq(step=2.0, normalize=True)"],
+    + ["rdq(step=2.0, normalize=True, coder='ans', dead_zone=0.25, alloc='one')",
+       "rdq(step=2.0, normalize=True, coder='ans', rounding='dither', alloc='one')",
+       "rdq(step=2.0, normalize=True, coder='gamma', dead_zone=0.0, alloc='one')",
+       "rdq"],  # the default (ctx, step 1·RMS, dead zone 0.1, alloc='rd')
     "pipeline": [],  # needs stages; see default_settings
 }
-PIPELINES = {"svd": ["svd | rdq(step=0.25, normalize=True, coder='ans')"]}
+PIPELINES = {"svd": ["svd | rdq(step=0.25, normalize=True, coder='ans', dead_zone=0.0, alloc='one')"]}
 
 
 def synthetic_laplace(d: int, seed: int = 0, scale: float = 1e-3) -> list[Update]:
@@ -95,8 +96,8 @@ def default_settings(updates: Sequence[Update] | None = None) -> dict[str, list[
         rms = math.sqrt(sum(float((v ** 2).sum()) for v in floats.values()) / n) if n else 0.0
         if rms > 0:
             for coder, dz in (("ans", 0.0), ("ans", 0.25), ("ctx", 0.1), ("ctx", 0.25)):
-                extra = f", dead_zone={dz}" if dz else ""
-                out["rdq"] += [f"rdq(step={f * rms:.3g}, coder='{coder}'{extra})" for f in (0.5, 1, 2, 4)]
+                out["rdq"] += [f"rdq(step={f * rms:.3g}, coder='{coder}', dead_zone={dz}, normalize=False, alloc='one')"
+                               for f in (0.5, 1, 2, 4)]
     return {cid: specs for cid, specs in out.items() if specs}
 
 

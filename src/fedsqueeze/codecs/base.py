@@ -90,6 +90,11 @@ class Codec:
         except TypeError as e:
             raise CodecError(f"codec {cls.codec_id!r}: {e}") from e
 
+    def spec_config(self) -> dict[str, Any]:
+        """Options that rebuild this codec through ``from_config``/``make_codec`` today (unlike a
+        header's ``get_config``, which may omit a field whose omission has a fixed old meaning)."""
+        return self.get_config()
+
     @classmethod
     def from_payload_config(cls, config: Mapping[str, Any]) -> "Codec":
         """The codec that wrote a payload whose header carries ``config``. Same as ``from_config``,

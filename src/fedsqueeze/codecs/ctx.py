@@ -279,10 +279,14 @@ def _encode_ctx(q: np.ndarray, shape: tuple[int, ...], give_up: bool = False) ->
         order, counts = _group(ctx)
         sym = bi.reshape(-1)[order]
         vals = b.reshape(-1)[order] if escapes else sym  # the raw values only matter for escapes
+        used_here = np.flatnonzero(counts)
+        # one histogram per level: key = context·alpha + symbol over the context-sorted symbols
+        key = np.repeat((used_here * alpha).astype(np.int32), counts[used_here]) + sym
+        span = (int(used_here[-1]) + 1) * alpha
+        hist.reshape(-1)[:span] += _bincount(key, span)
         start = 0
-        for c in np.flatnonzero(counts):
+        for c in used_here:
             end = start + int(counts[c])
-            hist[c] += _bincount(sym[start:end], alpha)
             pieces.append((int(c), sym[start:end], vals[start:end]))
             start = end
     has_esc = bool(hist[:, k].any())

@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from fedsqueeze.codecs.base import Codec, decode_with
-from fedsqueeze.codecs.spec import make_codec
+from fedsqueeze.codecs.spec import make_codec, parse_spec
 from fedsqueeze.errors import CodecError, FedsqueezeError, PayloadError
 from fedsqueeze.seeding import derive_seed
 from fedsqueeze.wire.payload import TensorSpec, unpack
@@ -49,9 +49,22 @@ class Transform(Protocol):
 def spec_string(codec: Codec) -> str:
     """``"rdq(step=0.01)"``: the codec id and the options that differ from the defaults."""
     defaults = {f.name: f.default for f in dataclasses.fields(codec)}
+    defaults.update(getattr(codec, "stage_defaults", {}))  # stage strings keep their old meaning
     config = codec.get_config()
     args = [f"{k}={v!r}" for k, v in config.items() if v != _plain(defaults.get(k))]
     return f"{codec.codec_id}({', '.join(args)})" if args else codec.codec_id
+
+
+def _stage_codec(text: str) -> Codec:
+    """The codec of a stage string. A codec whose defaults changed (``stage_defaults``: rdq) reads the
+    options a stage string omits with their old values, so the stage strings of existing pipeline
+    payloads and configs keep their meaning; ``spec_string`` writes every option that differs."""
+    codec = make_codec(text)
+    old = getattr(type(codec), "stage_defaults", None)
+    if old:
+        _, params = parse_spec(text)
+        codec = type(codec).from_config({**old, **params})
+    return codec
 
 
 def _plain(v: object) -> object:
@@ -76,7 +89,7 @@ class Pipeline(Codec):
         codecs = []
         for text in stages:
             try:
-                codec = make_codec(text)
+                codec = _stage_codec(text)
             except (FedsqueezeError, RecursionError, MemoryError, ValueError) as e:  # also from wire headers
                 raise CodecError(f"pipeline: stage {text[:80]!r}: {e}") from e
             if isinstance(codec, Pipeline):

@@ -39,19 +39,28 @@ stochastic rounding and subtractive dither are unbiased (the ``unbiased`` proper
 Step selection: ``vote_step`` scores candidate steps on one client's update by D + λ·R (D = MSE per
 parameter, R = 8·len(payload)/d bits per parameter, the real bytes of this codec); ``adopt_step``
 takes the server's majority. The paper finds the frontier stable across clients and rounds, so a
-fixed offline step is near-optimal. Default ``step=1e-3`` suits FedAvg updates of small CNNs (update
-RMS ~1e-3 to 1e-2: a few bits per parameter); tune it with the vote or ``fedsqueeze bench codecs``.
+fixed offline step is near-optimal; tune it with the vote or ``fedsqueeze bench codecs``.
 
 Allocation (ours): ``alloc = "rd"`` picks each tensor's step at one common R–D slope for the
 distortion of the one-step setting (``fedsqueeze.codecs.rdq_alloc``); the steps travel as always, so
-decoding does not change. ``alloc = "one"`` (default) is not written into the header's config.
+decoding does not change. ``alloc = "one"`` is not written into the header's config, so a header
+without ``alloc`` means "one" (``RDQ.from_payload_config``).
 
 Budget mode (ours): ``target_bytes = N`` makes every payload the finest-step one that fits in N bytes
 (``fit_to_bytes``: a first guess from the high-rate relation R ≈ h − log2 u, then bracketing and
 bisection on real encodes). ``fedsqueeze run --budget-mb`` sets N from a total budget.
 
-The defaults are the paper's method (plain rounding, the universal γ code, one absolute step);
-``coder="ans"``, ``dead_zone``, ``normalize`` and the range guard are our additions. ANS is about 20%
+Defaults (since December 2026): ``coder="ctx", normalize=True, step=1.0, dead_zone=0.1, alloc="rd"``
+(``dead_zone`` is 0 when ``rounding`` is not deterministic): 0.64–1.20 bits/parameter at NMSE
+0.056–0.068 on the captured CNN and MLP updates of docs/results/codecs/ctx, below the equal-slope
+i.i.d. limit (0.62–0.84×). Before, the defaults were the paper's method (plain rounding, the
+universal γ code, one absolute step 1e-3: ``DEFAULTS_BEFORE``), which codes a σ = 0.01 update at
+~7 bits/parameter. Compatibility: a payload header records every field except the vote's options
+(unchanged defaults) and ``alloc = "one"`` (read back as "one"), so old payloads decode as before;
+pipeline stage strings (``pipeline.spec_string``) are written and read relative to
+``DEFAULTS_BEFORE`` (``stage_defaults``), so old pipeline headers keep their meaning too. Configs
+that meant the old defaults write them out (configs/suites, docs/results).
+``coder="ans"``, ``"ctx"``, ``dead_zone``, ``normalize`` and the range guard are our additions. ANS is about 20%
 smaller than γ at 1–2 bits/param on i.i.d. Laplace values, but on real FedAvg updates (zero runs) γ is
 usually the smaller: 0.73–1.10× ANS's size between 0.2 and 2.4 bits/param on the Fashion-MNIST MLP,
 0.75–0.99× on the CNN (``scripts/rdq_gamma_vs_ans.py``); ANS wins above ~2.5 bits/param.
@@ -73,8 +82,8 @@ import torch
 
 from fedsqueeze.codecs import ctx as ctx_coder
 from fedsqueeze.codecs.base import Codec, host_tensors
-from fedsqueeze.codecs.bits import decode_records, encode_records
 from fedsqueeze.codecs.entropy import decode_symbols, encode_symbols
+from fedsqueeze.codecs.rdq_gamma import gamma_decode, gamma_encode
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.seeding import derive_seed
 from fedsqueeze.wire.varint import Reader, encode_varint, write_chunk
@@ -82,9 +91,11 @@ from fedsqueeze.wire.varint import Reader, encode_varint, write_chunk
 ROUNDINGS = ("deterministic", "stochastic", "dither")
 CODERS = ("gamma", "ans", "ctx")
 ALLOCS = ("one", "rd")
+# The defaults until December 2026 (the paper's method: the universal γ code, one absolute step):
+# configurations written before then said just ``rdq`` for this; write them out to keep that meaning.
+DEFAULTS_BEFORE = {"step": 1e-3, "coder": "gamma", "normalize": False, "dead_zone": 0.0, "alloc": "one"}
 QMAX = 1 << 20
 _F32 = struct.Struct("<f")
-_RECORD = ["gamma", 1, "gamma"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,17 +104,19 @@ class RDQ(Codec):
 
     codec_id = "rdq"
 
-    step: float = 1e-3
+    step: float = 1.0              # in units of each tensor's RMS (normalize); see DEFAULTS_BEFORE
     rounding: str = "deterministic"
-    coder: str = "gamma"
-    normalize: bool = False
-    dead_zone: float = 0.0
+    coder: str = "ctx"
+    normalize: bool = True
+    dead_zone: float | None = None  # None: 0.1 with deterministic rounding, else 0 (the others are unbiased)
     target_bytes: int = 0
     # step = "vote": the step is chosen in the round loop (``fedsqueeze.algorithms.step_vote``)
     lam: float | None = None       # λ of D + λ·R (MSE per bit/parameter)
     candidates: tuple = ()         # the steps clients vote on
     initial: float | None = None   # the step of the first round (default: the first candidate)
-    alloc: str = "one"             # "rd": one step per tensor at equal R–D slope (fedsqueeze.codecs.rdq_alloc)
+    alloc: str = "rd"              # "rd": one step per tensor at equal R–D slope (fedsqueeze.codecs.rdq_alloc)
+
+    stage_defaults = DEFAULTS_BEFORE  # what a pipeline stage string that omits them means (pipeline.py)
 
     @property
     def unbiased(self) -> bool:  # type: ignore[override]
@@ -120,6 +133,8 @@ class RDQ(Codec):
             raise CodecError(f"rdq: coder must be one of {', '.join(CODERS)}, got {self.coder!r}")
         if not isinstance(self.normalize, bool):
             raise CodecError(f"rdq: normalize must be true or false, got {self.normalize!r}")
+        if self.dead_zone is None:
+            object.__setattr__(self, "dead_zone", 0.1 if self.rounding == "deterministic" else 0.0)
         if isinstance(self.dead_zone, bool) or not isinstance(self.dead_zone, (int, float)) \
                 or not 0 <= self.dead_zone <= 0.5:
             raise CodecError(f"rdq: dead_zone must be in [0, 0.5] (step units), got {self.dead_zone!r}")
@@ -131,13 +146,23 @@ class RDQ(Codec):
             raise CodecError(f"rdq: alloc must be one of {', '.join(ALLOCS)}, got {self.alloc!r}")
 
     def get_config(self) -> dict:
-        """The configuration in the payload header; the vote's options and ``alloc`` only when set, so
-        the payloads of configurations that existed before them keep their exact bytes."""
+        """The configuration in the payload header; the vote's options only when set and ``alloc`` only
+        when not "one", so the payloads of configurations that existed before them keep their exact
+        bytes. Every other field is always written, so a header never depends on a default."""
         cfg = super().get_config()
         for key, default in (("lam", None), ("candidates", []), ("initial", None), ("alloc", "one")):
             if cfg.get(key) == default:
                 del cfg[key]
         return cfg
+
+    def spec_config(self) -> dict:
+        return {**self.get_config(), "alloc": self.alloc}
+
+    @classmethod
+    def from_payload_config(cls, config: Mapping) -> "RDQ":
+        """The sender's codec from a header: a header without ``alloc`` was written with "one" (the
+        field is omitted then), whatever the current default."""
+        return cls.from_config({"alloc": "one", **config})
 
     @property
     def voting(self) -> bool:
@@ -267,31 +292,12 @@ def _check_vote_options(c: RDQ) -> None:
 
 
 def _gamma_encode(q: np.ndarray) -> bytes:
-    """varint m, then per non-zero: γ(zero run + 1), sign bit, γ(|q|) (the paper's universal code)."""
-    nz = np.flatnonzero(q)
-    if not len(nz):
-        return encode_varint(0)
-    runs = np.diff(nz, prepend=-1)  # = zeros since the previous non-zero + 1
-    v = q[nz].astype(np.int64)
-    data, _ = encode_records([runs, (v < 0).astype(np.int64), np.abs(v)], _RECORD)
-    return encode_varint(len(nz)) + data
+    """varint m, then per non-zero: γ(zero run + 1), sign bit, γ(|q|) (``fedsqueeze.codecs.rdq_gamma``)."""
+    return gamma_encode(q)
 
 
 def _gamma_decode(data: memoryview, numel: int) -> np.ndarray:
-    r = Reader(data)
-    m = r.varint(limit=numel)
-    stream = r.take(r.remaining())
-    (runs, neg, mag), _ = decode_records(stream, m, _RECORD, strict=True)
-    q = np.zeros(numel, dtype=np.int32)
-    if not m:
-        return q
-    if runs.max() > numel or mag.max() > 1 << 31:
-        raise PayloadError("rdq: zero run or level beyond the tensor's size or int32")
-    pos = np.cumsum(runs) - 1
-    if pos[-1] >= numel:
-        raise PayloadError(f"rdq: non-zero at position {int(pos[-1])} in a tensor of {numel}")
-    q[pos] = np.where(neg.astype(bool), -mag, mag)
-    return q
+    return gamma_decode(data, numel)
 
 
 # ---- budget mode: the finest step whose payload fits ---------------------------------------------------
@@ -361,7 +367,7 @@ def rd_scores(update: Mapping[str, torch.Tensor] | torch.Tensor, candidates: Ite
     d = sum(v.numel() for v in floats.values())
     if not d:
         raise CodecError("vote_step needs an update with at least one float parameter")
-    codec = codec or RDQ()
+    codec = codec or RDQ(**DEFAULTS_BEFORE)
     out = []
     for s in sorted(float(c) for c in candidates):
         c = dataclasses.replace(codec, step=s)

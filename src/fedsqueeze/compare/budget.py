@@ -80,7 +80,7 @@ def plan_budget(cfg: Config, budget_mb: float, *, dataset: Any = None) -> tuple[
     smallest = 0
     for kind, payload in ups.items():  # the same update at the coarsest step: the least a payload can be
         codec = algo.codec(kind, "up", 1)
-        smallest = max(smallest, len(make_codec({"name": "rdq", **codec.get_config(), "step": 1e30,
+        smallest = max(smallest, len(make_codec({"name": "rdq", **codec.spec_config(), "step": 1e30,
                                                  "target_bytes": 0}).encode(codec.decode(payload))))
     k = clients_per_round(cfg.data.num_clients, cfg.train.clients_per_round, cfg.train.client_fraction)
     budget = int(budget_mb * 1e6)
@@ -91,7 +91,7 @@ def plan_budget(cfg: Config, budget_mb: float, *, dataset: Any = None) -> tuple[
                           f"({smallest} bytes each); "
                           "raise --budget-mb, lower rounds or use a smaller downlink codec (fp16)")
     raw = cfg.to_dict()
-    spec = make_codec(cfg.codec.up).get_config()
+    spec = make_codec(cfg.codec.up).spec_config()
     raw["codec"] = copy.deepcopy(raw["codec"])
     raw["codec"]["up"] = {"name": "rdq", **spec, "target_bytes": int(per_upload)}
     return from_dict(raw), BudgetPlan(budget, down_bytes, len(ups), int(per_upload), params)
