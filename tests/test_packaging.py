@@ -127,8 +127,9 @@ def test_extras_declared():
     assert any(d.startswith("matplotlib") for d in extras["plots"])
     assert any(d.startswith("flwr>=1.41") for d in extras["flower"])
     assert any(d.startswith("tomli-w") for d in extras["flower"])  # fedsqueeze.flower.app_template imports it
+    assert any(d.startswith("flwr[simulation]>=1.41") for d in extras["sim"])  # `fedsqueeze flower sim` (Ray)
     setup = (ROOT / "scripts" / "setup.sh").read_text()
-    assert '-e ".[test,flower,digits,plots]"' in setup  # everything the tests need
+    assert '-e ".[test,flower,sim,digits,plots]"' in setup  # everything the tests need
 
 
 def _build_wheel(tmp: Path) -> Path:
