@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from fedsqueeze.codecs.base import Codec, decode_with
-from fedsqueeze.codecs.spec import make_codec
+from fedsqueeze.codecs.spec import MAX_STAGES, SpecLimitError, make_codec
 from fedsqueeze.errors import CodecError, FedsqueezeError, PayloadError
 from fedsqueeze.seeding import derive_seed
 from fedsqueeze.wire.payload import TensorSpec, unpack
@@ -72,6 +72,8 @@ class Pipeline(Codec):
             stages = tuple(s.strip() for s in stages.split("|"))
         if not isinstance(stages, (list, tuple)) or not stages or not all(isinstance(s, str) for s in stages):
             raise CodecError(f"pipeline: stages must be a non-empty list of codec specs, got {self.stages!r}")
+        if len(stages) > MAX_STAGES:  # also from wire headers: checked before any stage is parsed
+            raise SpecLimitError(f"pipeline: {len(stages):,} stages, more than {MAX_STAGES} (the pipeline stage cap)")
         object.__setattr__(self, "stages", tuple(stages))
         codecs = []
         for text in stages:

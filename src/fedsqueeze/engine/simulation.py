@@ -34,7 +34,7 @@ from fedsqueeze.engine.rejections import REJECTIONS, RejectionLog
 from fedsqueeze.engine.run_state import RunState
 from fedsqueeze.engine.runtime import COMPUTE_KEY, ClientFailure, Runtime, payload_seed, run_client_safely
 from fedsqueeze.engine.sampling import clients_per_round, sample_clients
-from fedsqueeze.engine.validation import Rejection, TooFewReplies, admit
+from fedsqueeze.engine.validation import Rejection, TooFewReplies, admit, expected_specs
 from fedsqueeze.errors import ConfigError, DataError, FedsqueezeError
 from fedsqueeze.metrics.results import Result, RunWriter
 from fedsqueeze.registry import DATASETS
@@ -199,7 +199,8 @@ class Simulation(RunState):
         expected = self.algo.upload_spec(rnd, step, down_msgs)
 
         def decode_up(kind: str, payload: bytes) -> dict:
-            return self.algo.codec(kind, "up", rnd).decode(payload, max_numel=self._max_numel)
+            return self.algo.codec(kind, "up", rnd).decode(payload, max_numel=self._max_numel,
+                                                           expect=expected_specs(kind, expected))
 
         self._staged, self._failed = {}, {}
         arrived = self._execute(clients, rnd, step, payloads)

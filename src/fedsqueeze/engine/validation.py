@@ -18,6 +18,7 @@ import torch
 
 from fedsqueeze.algorithms.base import Reply, UploadSpec
 from fedsqueeze.errors import CodecError, FedsqueezeError, PayloadError
+from fedsqueeze.wire.payload import SpecMismatch, TensorSpec
 
 
 class TooFewReplies(FedsqueezeError):
@@ -75,6 +76,14 @@ def check_spec(kind: str, tensors: dict[str, torch.Tensor], expected: UploadSpec
     return None
 
 
+def expected_specs(kind: str, expected: UploadSpec | None) -> dict[str, TensorSpec] | None:
+    """The tensors the server expects in message ``kind`` as ``TensorSpec``s, passed into ``decode`` so a
+    payload declaring others is refused while its header is read, before anything is allocated."""
+    if expected is None or kind not in expected:
+        return None
+    return {name: TensorSpec(name, tuple(shape), dtype) for name, (shape, dtype) in expected[kind].items()}
+
+
 def check_values(kind: str, tensors: dict[str, torch.Tensor], max_norm: float) -> tuple[str, str] | None:
     """(check, reason) if a value is NaN/Inf or the message's L2 norm exceeds ``max_norm`` (0 = no bound)."""
     total = 0.0
@@ -115,6 +124,8 @@ def admit(rnd: int, step: int, client: int, ups: dict[str, bytes], n: Any, metri
     for kind, p in ups.items():
         try:
             decoded[kind] = decode(kind, p)
+        except SpecMismatch as e:  # refused from its header (``expected_specs`` passed into decode)
+            return Rejection(rnd, step, client, "spec", f"message {kind!r}: {e.detail}")
         except (PayloadError, CodecError) as e:
             return Rejection(rnd, step, client, "decode", f"message {kind!r} does not decode: {e}")
         why = check_spec(kind, decoded[kind], expected)
