@@ -17,6 +17,20 @@ the header's config, its body parser) — under an element cap. Mutations:
 - ``swap_codec``: another codec's id (and config) on this body, valid CRC;
 - ``splice``: another payload's body (other shapes) under this header, valid CRC.
 
+The hostile classes of issue #22 (a sender that chooses valid-looking values to stop or starve the
+receiver):
+
+- ``bound_value``: one header integer at its exact bound, one below or one above (seed at 2**63 - 1,
+  the tensor count, a name of 255 bytes, ndim at 8, a dim and the total element count at 2**31,
+  the config length), written field by field under a valid CRC;
+- ``hostile_config``: well-typed but hostile codec configs (bucket, levels, rank, k, chunk set to a
+  tensor's size or to 2**16 .. 2**63 - 1; floats to extremes): many are valid configs, so the body
+  must decode within the limits (e.g. qsgd with ``bucket = 2**24`` on a tiny tensor);
+- ``many_tensors``: valid payloads of 64, 512 and 5,000 tiny tensors, as is or with a few body bytes
+  changed; the receiver accepts at most ``max_tensors`` (default 1,024: a model's tensors);
+- ``deep_spec``: long (4,096 .. 60,000 characters) and deep (16 .. 10,000 levels, 10,000 stages)
+  codec specs, ``**kw`` and ``-`` chains in the config fields that hold specs (``stages``, ``inner``).
+
 The only acceptable outcomes are a decoded payload whose tensors match its header, or our own
 errors (``PayloadError``/``CodecError``). Failures: any other exception (``crash``), a case slower
 than the time limit (``hang``), an allocation beyond the memory cap (``over_cap``), a decode whose
@@ -57,7 +71,7 @@ class _Running:
 
 def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_limit: float = 2.0,
          max_numel: int = 1 << 22, jobs: int = 1, mem_cap_mb: int = 1024, grace: float = 10.0,
-         progress=None) -> dict:
+         progress=None, max_tensors: int = 1024) -> dict:
     """``cases`` mutated payloads per codec, in ``jobs`` forked worker processes with a watchdog.
 
     A worker stuck on one case for ``time_limit + grace`` seconds (the in-process timer could not
@@ -66,11 +80,13 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
     cases, ``failed`` of them failures)."""
     if cases < 0 or jobs < 1:
         raise FedsqueezeError("--cases must be >= 0 and --jobs >= 1")
+    if max_tensors < 0 or not time_limit > 0 or mem_cap_mb < 0:
+        raise FedsqueezeError("--max-tensors and --mem-cap-mb must be >= 0 and --time-limit > 0")
     ids = codecs or CODECS.names()
     for cid in ids:
         CODECS.get(cid)  # unknown ids fail here, with the registry's did-you-mean
     opts = {"ids": CODECS.names(), "seed": seed, "time_limit": time_limit, "max_numel": max_numel,
-            "mem_cap": mem_cap_mb << 20}
+            "max_tensors": max_tensors, "mem_cap": mem_cap_mb << 20}
     chunk = -(-cases // jobs) if cases else 0
     todo = deque((cid, lo, min(lo + chunk, cases), frozenset()) for cid in ids for lo in range(0, cases, chunk or 1)
                  if chunk)
@@ -169,7 +185,7 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
         "peak_extra": max(((p.peak, cid) for cid, p in per.items()), default=((0, -1), "")),
         "peak_per_codec": {cid: p.peak[0] for cid, p in per.items()},
         "wall_s": time.perf_counter() - t0,
-        "mem_cap_mb": mem_cap_mb, "max_numel": max_numel, "time_limit": time_limit,
+        "mem_cap_mb": mem_cap_mb, "max_numel": max_numel, "max_tensors": max_tensors, "time_limit": time_limit,
     }
 
 
@@ -183,7 +199,8 @@ def main(args) -> int:
     console = Console(width=140)
     ids = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else CODECS.names()
     console.print(f"[bold]bench fuzz[/]: {args.cases:,} mutated payloads PER CODEC x {len(ids)} codecs through the "
-                  f"server-side decode path (decode_any; element cap {args.max_numel:,}, {args.time_limit} s per case, "
+                  f"server-side decode path (decode_any; element cap {args.max_numel:,}, tensor cap {args.max_tensors:,}, "
+                  f"{args.time_limit} s per case, "
                   f"memory cap {args.mem_cap_mb} MB per worker, {args.jobs} worker process(es), seed {args.seed})")
     print_environment(console)
     total = args.cases * len(ids)
@@ -202,7 +219,7 @@ def main(args) -> int:
                 console.print(f"fuzz: {done['n']:,} of {total:,} cases, {done['bad']} failures, "
                               f"{time.perf_counter() - done['t0']:.0f} s")
         rep = fuzz(args.cases, ids, seed=args.seed, time_limit=args.time_limit, max_numel=args.max_numel,
-                   jobs=args.jobs, mem_cap_mb=args.mem_cap_mb, progress=progress)
+                   jobs=args.jobs, mem_cap_mb=args.mem_cap_mb, progress=progress, max_tensors=args.max_tensors)
     print_report(console, rep)
     return 1 if rep["bad"] else 0
 

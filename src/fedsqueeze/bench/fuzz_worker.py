@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from fedsqueeze.bench.fuzz_cases import inputs, make_case, valid_payloads
+from fedsqueeze.bench.fuzz_cases import inputs, make_case, many_payloads, valid_payloads
 from fedsqueeze.codecs.spec import decode_any, make_codec
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.wire.payload import Header, unpack
@@ -63,8 +63,9 @@ def _check_output(out: Any, header: Header | None) -> str | None:
     return None
 
 
-def run_case(bad: bytes, max_numel: int, time_limit: float) -> tuple[str, bool, str]:
-    """Decode one payload under the per-case timer: (outcome, past the frame and header checks, detail)."""
+def run_case(bad: bytes, max_numel: int, time_limit: float, max_tensors: int | None = None) -> tuple[str, bool, str]:
+    """Decode one payload under the per-case timer: (outcome, past the frame and header checks, detail).
+    ``max_numel``, ``max_tensors``: the receiver's limits (None: the format's own)."""
     header = None
     signal.setitimer(signal.ITIMER_REAL, time_limit)
     try:
@@ -72,7 +73,7 @@ def run_case(bad: bytes, max_numel: int, time_limit: float) -> tuple[str, bool, 
             header = unpack(bad)[0]
         except PayloadError:
             pass
-        out = decode_any(bad, max_numel=max_numel)
+        out = decode_any(bad, max_numel=max_numel, max_tensors=max_tensors)
         problem = _check_output(out, header)
         return ("bad_output", True, problem) if problem else ("decoded", True, "")
     except (PayloadError, CodecError) as e:
@@ -143,8 +144,9 @@ def run_range(cid: str, start: int, stop: int, skip: frozenset, opts: dict, slot
     watchdog): [case in progress, its start time]; ``send`` gets a ``Part`` after every batch."""
     ids, goods = opts["ids"], valid_payloads(cid)
     # warm-up (lazy imports, first-call costs, also of the codecs a swapped id reaches): not a case
+    many_payloads(cid)  # the many-tiny-tensor payloads are built once, before the first case
     for good in goods + [make_codec(other).encode(inputs(0), seed=0) for other in ids]:
-        decode_any(good, max_numel=opts["max_numel"])
+        decode_any(good, max_numel=opts["max_numel"], max_tensors=opts.get("max_tensors"))
     mem = _Memory()
     part = Part(cid, done_through=start)
     t_batch = time.perf_counter()
@@ -156,7 +158,7 @@ def run_range(cid: str, start: int, stop: int, skip: frozenset, opts: dict, slot
         if slot is not None:
             slot[0], slot[1] = i, time.monotonic()
         t0, c0 = time.perf_counter(), time.process_time()
-        outcome, reached, detail = run_case(bad, opts["max_numel"], opts["time_limit"])
+        outcome, reached, detail = run_case(bad, opts["max_numel"], opts["time_limit"], opts.get("max_tensors"))
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if slot is not None:
             slot[1] = 0.0
