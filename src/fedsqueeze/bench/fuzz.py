@@ -26,8 +26,8 @@ receiver):
 - ``hostile_config``: well-typed but hostile codec configs (bucket, levels, rank, k, chunk set to a
   tensor's size or to 2**16 .. 2**63 - 1; floats to extremes): many are valid configs, so the body
   must decode within the limits (e.g. qsgd with ``bucket = 2**24`` on a tiny tensor);
-- ``many_tensors``: valid payloads of 64, 512 and 5,000 tiny tensors, as is or with a few body bytes
-  changed; the receiver accepts at most ``max_tensors`` (default 1,024: a model's tensors);
+- ``many_tensors``: valid payloads of 16 and 256 tiny tensors and a header declaring 5,000, as is or
+  with a few body bytes changed; the receiver accepts at most ``max_tensors`` (default 1,024);
 - ``deep_spec``: long (4,096 .. 60,000 characters) and deep (16 .. 10,000 levels, 10,000 stages)
   codec specs, ``**kw`` and ``-`` chains in the config fields that hold specs (``stages``, ``inner``).
 

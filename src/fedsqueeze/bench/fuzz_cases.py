@@ -24,7 +24,7 @@ from fedsqueeze.wire.varint import encode_varint
 
 MUTATIONS = ("truncate", "flip", "random", "frame_length", "body_bytes", "inflate_varint", "inflate_shape",
              "header_field", "swap_codec", "splice", "bound_value", "hostile_config", "many_tensors", "deep_spec")
-MANY = (64, 512, 5000)  # tensors of the ``many_tensors`` payloads (the fuzz receiver accepts up to 1,024)
+MANY = (16, 256, 5000)  # tensors of the ``many_tensors`` payloads (the fuzz receiver accepts up to 1,024)
 
 # More configurations than the default, so every body format a codec has is mutated.
 EXTRA_SPECS: dict[str, list[str]] = {
@@ -73,12 +73,18 @@ def valid_payloads(cid: str) -> list[bytes]:
 
 @functools.lru_cache(maxsize=4)
 def many_payloads(cid: str) -> tuple[bytes, ...]:
-    """Valid payloads of ``cid`` with ``MANY`` tiny tensors (1 to 5 values each): built once per process."""
+    """Valid payloads of ``cid`` with ``MANY[:-1]`` tiny tensors (1 to 5 values each), and one whose header
+    declares ``MANY[-1]`` tiny tensors over the body of the previous one (beyond the receiver's tensor
+    cap, refused by the count). Built once per process."""
     out = []
-    for n in MANY:
+    for n in MANY[:-1]:
         g = torch.Generator().manual_seed(n)
         tensors = {f"p{j}": torch.randn(1 + j % 5, generator=g) for j in range(n)}
         out.append(make_codec(cid).encode(tensors, seed=n))
+    header, body = unpack(out[-1])
+    n = MANY[-1]
+    specs = tuple(TensorSpec(f"p{j}", (1 + j % 5,), torch.float32) for j in range(n))
+    out.append(pack(Header(header.codec_id, header.seed, header.config, specs), bytes(body)))
     return tuple(out)
 
 
