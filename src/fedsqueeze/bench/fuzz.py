@@ -103,6 +103,8 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
         acc.failures += p.failures[: max(0, MAX_LISTED - len(acc.failures))]
         acc.slowest = max(acc.slowest, p.slowest)
         acc.slowest_cpu = max(acc.slowest_cpu, p.slowest_cpu)
+        for how, dt in p.slowest_by_mutation.items():
+            acc.slowest_by_mutation[how] = max(acc.slowest_by_mutation.get(how, 0.0), dt)
         acc.peak = max(acc.peak, p.peak)
         acc.seconds += p.seconds
         if progress is not None:
@@ -182,6 +184,8 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
         "slowest_cpu": max(((p.slowest_cpu, cid) for cid, p in per.items()), default=((0.0, -1, ""), "")),
         "slowest_s": max((p.slowest[0] for p in per.values()), default=0.0),
         "slowest_per_codec": {cid: p.slowest[0] for cid, p in per.items()},
+        "slowest_by_mutation": {how: max((p.slowest_by_mutation.get(how, 0.0) for p in per.values()), default=0.0)
+                                for how in MUTATIONS},
         "peak_extra": max(((p.peak, cid) for cid, p in per.items()), default=((0, -1), "")),
         "peak_per_codec": {cid: p.peak[0] for cid, p in per.items()},
         "wall_s": time.perf_counter() - t0,
@@ -241,13 +245,13 @@ def print_report(console, rep: dict) -> None:
                   mb(rep["peak_per_codec"][cid]), f"{n / secs:,.0f}" if secs else "—")
     console.print(t)
     m = Table(title="outcomes per mutation (all codecs)")
-    for col in ("mutation", "cases", "decoded", "rejected", "failures"):
+    for col in ("mutation", "cases", "decoded", "rejected", "failures", "slowest ms"):
         m.add_column(col, justify="right")
     bm = rep["by_mutation"]
     for how in MUTATIONS:
         row = {o: bm.get((how, o), 0) for o in OUTCOMES}
         m.add_row(how, f"{sum(row.values()):,}", f"{row['decoded']:,}", f"{row['rejected']:,}",
-                  str(sum(row[o] for o in FAILURES)))
+                  str(sum(row[o] for o in FAILURES)), f"{rep['slowest_by_mutation'].get(how, 0.0) * 1000:.1f}")
     console.print(m)
     for cid, i, how, outcome, detail in rep["failures"]:
         console.print(f"[red]FAIL[/] {cid} case {i} ({how}): {outcome}: {detail}")

@@ -135,6 +135,7 @@ class Part:
     slowest: tuple = (0.0, -1, "")        # (wall seconds, case, mutation)
     slowest_cpu: tuple = (0.0, -1, "")    # (CPU seconds, case, mutation): without other processes' load
     peak: tuple = (0, -1)                 # (bytes above the batch's starting RSS, first case of the batch)
+    slowest_by_mutation: dict = field(default_factory=dict)  # mutation -> slowest wall seconds
     seconds: float = 0.0
     final: bool = False
 
@@ -167,6 +168,8 @@ def run_range(cid: str, start: int, stop: int, skip: frozenset, opts: dict, slot
         part.reached += reached
         if dt > part.slowest[0]:
             part.slowest = (dt, i, how)
+        if dt > part.slowest_by_mutation.get(how, 0.0):
+            part.slowest_by_mutation[how] = dt
         if dc > part.slowest_cpu[0]:
             part.slowest_cpu = (dc, i, how)
         if outcome in FAILURES and len(part.failures) < MAX_LISTED:
