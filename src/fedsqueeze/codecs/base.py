@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Union
 
@@ -248,14 +249,14 @@ def decode_with(cls: type[Codec], header: Header, body: memoryview, *,
         raise PayloadError(f"payload declares {total} elements, more than the allowed {max_numel}")
     try:
         codec = cls.from_config(header.config)
-    except CodecError as e:
+    except (CodecError, ValueError, TypeError, ArithmeticError, RecursionError, MemoryError) as e:
         raise PayloadError(f"payload carries an invalid codec config: {e}") from e
     try:
         values = codec.decode_body(body, header.tensors, header.seed)
     except PayloadError:
         raise
-    except (ValueError, IndexError, RuntimeError, OverflowError, TypeError, KeyError, MemoryError,
-            ZeroDivisionError) as e:  # defensive: a codec bug on hostile input must not escape raw
+    except (ValueError, IndexError, RuntimeError, ArithmeticError, TypeError, KeyError, MemoryError,
+            RecursionError, struct.error) as e:  # defensive: a codec bug on hostile input must not escape raw
         raise PayloadError(f"{cls.codec_id}: malformed body ({type(e).__name__}: {e})") from e
     out: Tensors = {}
     for spec, x in zip(header.tensors, values):
