@@ -56,13 +56,16 @@ import torch
 
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.seeding import derive_seed
-from fedsqueeze.wire.payload import (MAX_TENSORS, Header, Limits, SpecMismatch, TensorSpec, check_entry, expected_map,
+from fedsqueeze.wire.payload import (Header, Limits, SpecMismatch, TensorSpec, check_entry, expected_map,
                                      pack, unpack)
 from fedsqueeze.wire.varint import Reader, write_chunk
 
 Tensors = dict[str, torch.Tensor]
 DeviceLike = Union[str, torch.device, int, None]  # what ``decode(device=...)`` accepts
 DEFAULT_MAX_NUMEL = 1 << 27  # 128 M elements (512 MB as fp32) unless the caller says otherwise
+# tensors per payload unless the caller says otherwise (or passes ``expect``): tiny tensors cost ~0.2 ms
+# each to decode with the rotation/bucket codecs, so this bounds a hostile header's 16,000+ to about 1 s
+DEFAULT_MAX_TENSORS = 1 << 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +120,7 @@ class Codec:
         return self.encode(tensors, seed=seed), state
 
     def decode(self, data: bytes, *, expect: Sequence[TensorSpec] | Mapping[str, TensorSpec] | None = None,
-               max_numel: int = DEFAULT_MAX_NUMEL, max_tensors: int = MAX_TENSORS, max_bytes: int | None = None,
+               max_numel: int = DEFAULT_MAX_NUMEL, max_tensors: int = DEFAULT_MAX_TENSORS, max_bytes: int | None = None,
                device: DeviceLike = None) -> Tensors:
         """Decode a payload of this codec, bounded by the receiver (see ``wire.payload``): ``expect``, the
         tensors the receiver knows must arrive (names, shapes, dtypes; any order), refused with
@@ -224,7 +227,7 @@ def raw_tensor(chunk: memoryview, spec: TensorSpec) -> torch.Tensor:
     return torch.frombuffer(bytearray(chunk), dtype=spec.dtype).reshape(spec.shape)
 
 
-def receiver_limits(max_numel: int, max_tensors: int = MAX_TENSORS, max_bytes: int | None = None) -> Limits:
+def receiver_limits(max_numel: int, max_tensors: int = DEFAULT_MAX_TENSORS, max_bytes: int | None = None) -> Limits:
     """The receiver's ``Limits`` from ``decode``'s keyword arguments (``CodecError`` if one is not a count)."""
     try:
         return Limits(max_numel=max_numel, max_tensors=max_tensors, max_bytes=max_bytes)

@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from fedsqueeze.codecs.base import DEFAULT_MAX_NUMEL, Codec, DeviceLike, Tensors, host, host_tensors
+from fedsqueeze.codecs.base import DEFAULT_MAX_NUMEL, DEFAULT_MAX_TENSORS, Codec, DeviceLike, Tensors, host, host_tensors
 from fedsqueeze.errors import CodecError, PayloadError
-from fedsqueeze.wire.payload import MAX_TENSORS, TensorSpec
+from fedsqueeze.wire.payload import TensorSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ class ErrorFeedback(Codec):
         return self.codec.encode(tensors, seed=seed)
 
     def decode(self, data: bytes, *, expect: Sequence[TensorSpec] | Mapping[str, TensorSpec] | None = None,
-               max_numel: int = DEFAULT_MAX_NUMEL, max_tensors: int = MAX_TENSORS, max_bytes: int | None = None,
+               max_numel: int = DEFAULT_MAX_NUMEL, max_tensors: int = DEFAULT_MAX_TENSORS, max_bytes: int | None = None,
                device: DeviceLike = None) -> Tensors:
         return self.codec.decode(data, expect=expect, max_numel=max_numel, max_tensors=max_tensors,
                                  max_bytes=max_bytes, device=device)

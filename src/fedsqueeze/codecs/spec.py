@@ -152,12 +152,12 @@ def decode_any(data: bytes, *, allowed: set[str] | None = None, device: Any = No
     """Decode a payload of any registered codec (named in its header); ``allowed`` limits which.
     ``expect``, ``max_numel``, ``max_tensors``, ``max_bytes``: the receiver's expected tensors and limits
     (see ``Codec.decode``); ``device``: where the returned tensors go (default: the CPU)."""
-    from fedsqueeze.codecs.base import decode_with, receiver_limits, resolve_device
+    from fedsqueeze.codecs.base import DEFAULT_MAX_TENSORS, decode_with, receiver_limits, resolve_device
     from fedsqueeze.errors import PayloadError, RegistryError
-    from fedsqueeze.wire.payload import MAX_TENSORS, unpack
+    from fedsqueeze.wire.payload import unpack
 
     target = resolve_device(device)
-    limits = receiver_limits(max_numel, MAX_TENSORS if max_tensors is None else max_tensors, max_bytes)
+    limits = receiver_limits(max_numel, DEFAULT_MAX_TENSORS if max_tensors is None else max_tensors, max_bytes)
     header, body = unpack(data, limits=limits, expect=expect)
     if allowed is not None and header.codec_id not in allowed:
         raise PayloadError(f"codec {header.codec_id!r} is not accepted here (allowed: {sorted(allowed)})")
