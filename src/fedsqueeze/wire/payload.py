@@ -31,7 +31,8 @@ header, each checked with ``>`` (the bound itself is valid)::
 
     seed         0 .. MAX_SEED = 2**63 - 1   (what ``seeding.derive_seed`` can hash)
     codec id     0 .. 255 bytes (u8)           config   0 .. bytes left in the header
-    tensors      0 .. min(limits.max_tensors, bytes left / 3)   (an entry takes at least 3 bytes)
+    tensors      0 .. min(limits.max_tensors, bytes left / 3)   (an entry takes at least 3 bytes;
+                 with ``expect``: exactly as many as expected)
     name         0 .. 255 bytes (u8)           dtype    a code of ``DTYPES``
     ndim         0 .. MAX_NDIM = 8             dim      0 .. MAX_NUMEL = 2**31
     elements     sum of the shapes' products 0 .. min(MAX_NUMEL, limits.max_numel)
@@ -185,7 +186,10 @@ def _decode_header(buf: memoryview, limits: Limits = Limits(), expect=None) -> H
         raise PayloadError(f"codec config is not valid JSON: {e}") from e
     if not isinstance(config, dict):
         raise PayloadError("codec config must be a JSON object")
-    count = r.varint(limit=min(limits.max_tensors, MAX_TENSORS, r.remaining() // MIN_ENTRY))
+    # the count is checked before any entry is read: against the expected tensors when the receiver
+    # knows them (its expectation replaces the generic cap), else against its cap
+    cap = MAX_TENSORS if want is not None else min(limits.max_tensors, MAX_TENSORS)
+    count = r.varint(limit=min(cap, r.remaining() // MIN_ENTRY))
     if want is not None and count != len(want):
         raise SpecMismatch(f"payload declares {count} tensors, expected {len(want)}")
     max_numel = limits.max_numel
