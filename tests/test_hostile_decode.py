@@ -331,3 +331,24 @@ def test_new_fuzz_classes_reach_the_parsers_and_fail_nothing():
     assert rep["bad"] == 0, rep["failures"][:3]
     assert all(sum(rep["by_mutation"].get((h, o), 0) for o in ("decoded", "rejected")) == 4 for h in new)
     assert rep["max_tensors"] == 1024 and idx
+
+
+def test_cpu_clock_fails_a_case_for_its_own_cpu_time_and_still_catches_a_sleep(monkeypatch):
+    from fedsqueeze.bench import fuzz_worker
+
+    def spin():
+        t0 = time.process_time()
+        while time.process_time() - t0 < 3:
+            pass
+
+    acts = {make_case("fp32", 1)[1]: spin, make_case("fp32", 2)[1]: lambda: time.sleep(30)}
+
+    def decode(data, **kw):
+        act = acts.get(bytes(data))
+        return act() if act is not None else decode_any(data, **kw)
+    monkeypatch.setattr(fuzz_worker, "decode_any", decode)
+    t0 = time.monotonic()
+    rep = fuzz.fuzz(4, ["fp32"], time_limit=0.2, clock="cpu")
+    assert time.monotonic() - t0 < 20
+    assert rep["outcomes"]["hang"] == 2 and rep["cases"] == 4 and rep["clock"] == "cpu"
+    assert [f[1] for f in rep["failures"]] == [1, 2] and "(cpu clock)" in rep["failures"][0][4]

@@ -37,6 +37,11 @@ than the time limit (``hang``), an allocation beyond the memory cap (``over_cap`
 tensors do not match the header (``bad_output``), and a worker process that died (``died``: a
 segfault or a hang the in-process timer could not interrupt).
 
+The per-case time limit is wall-clock seconds by default; ``clock="cpu"`` (``--clock cpu``) counts the
+worker's CPU seconds instead (SIGPROF), so a case on a loaded, shared machine is not failed for time it
+spent waiting for a core, while a wall-clock limit of ``WALL_FACTOR`` (10) times the limit still catches
+a case that sleeps or blocks.
+
 Cases run in forked worker processes (``bench.fuzz_worker``). Each arms a per-case timer (SIGALRM)
 and limits its address space to its size at start plus the memory cap (``RLIMIT_AS``); the parent is a
 watchdog that kills a worker stuck past the time limit plus a grace period, records the case and
@@ -56,7 +61,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedsqueeze.bench.fuzz_cases import MUTATIONS
-from fedsqueeze.bench.fuzz_worker import BATCH, FAILURES, MAX_LISTED, OUTCOMES, Part, worker
+from fedsqueeze.bench.fuzz_worker import BATCH, FAILURES, MAX_LISTED, OUTCOMES, WALL_FACTOR, Part, worker
 from fedsqueeze.errors import FedsqueezeError
 from fedsqueeze.registry import CODECS
 
@@ -71,7 +76,7 @@ class _Running:
 
 def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_limit: float = 2.0,
          max_numel: int = 1 << 22, jobs: int = 1, mem_cap_mb: int = 1024, grace: float = 10.0,
-         progress=None, max_tensors: int = 1024) -> dict:
+         progress=None, max_tensors: int = 1024, clock: str = "wall") -> dict:
     """``cases`` mutated payloads per codec, in ``jobs`` forked worker processes with a watchdog.
 
     A worker stuck on one case for ``time_limit + grace`` seconds (the in-process timer could not
@@ -80,13 +85,16 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
     cases, ``failed`` of them failures)."""
     if cases < 0 or jobs < 1:
         raise FedsqueezeError("--cases must be >= 0 and --jobs >= 1")
+    if clock not in ("wall", "cpu"):
+        raise FedsqueezeError(f"--clock must be 'wall' or 'cpu', not {clock!r}")
     if max_tensors < 0 or not time_limit > 0 or mem_cap_mb < 0:
         raise FedsqueezeError("--max-tensors and --mem-cap-mb must be >= 0 and --time-limit > 0")
     ids = codecs or CODECS.names()
     for cid in ids:
         CODECS.get(cid)  # unknown ids fail here, with the registry's did-you-mean
     opts = {"ids": CODECS.names(), "seed": seed, "time_limit": time_limit, "max_numel": max_numel,
-            "max_tensors": max_tensors, "mem_cap": mem_cap_mb << 20}
+            "max_tensors": max_tensors, "mem_cap": mem_cap_mb << 20, "clock": clock}
+    wall_limit = time_limit * (WALL_FACTOR if clock == "cpu" else 1)  # what the watchdog adds its grace to
     chunk = -(-cases // jobs) if cases else 0
     todo = deque((cid, lo, min(lo + chunk, cases), frozenset()) for cid in ids for lo in range(0, cases, chunk or 1)
                  if chunk)
@@ -159,10 +167,10 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
             now = time.monotonic()
             for run in list(running.values()):
                 started = run.slot[1]
-                if started and now - started > time_limit + grace:
+                if started and now - started > wall_limit + grace:
                     run.proc.kill()
                     run.proc.join(timeout=5)
-                    lost(run, "hang", f"no result after {time_limit + grace:.0f} s; worker killed by the watchdog")
+                    lost(run, "hang", f"no result after {wall_limit + grace:.0f} s; worker killed by the watchdog")
                     finish(run)
     finally:
         for run in list(running.values()):
@@ -190,6 +198,7 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
         "peak_per_codec": {cid: p.peak[0] for cid, p in per.items()},
         "wall_s": time.perf_counter() - t0,
         "mem_cap_mb": mem_cap_mb, "max_numel": max_numel, "max_tensors": max_tensors, "time_limit": time_limit,
+        "clock": clock,
     }
 
 
@@ -204,7 +213,7 @@ def main(args) -> int:
     ids = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else CODECS.names()
     console.print(f"[bold]bench fuzz[/]: {args.cases:,} mutated payloads PER CODEC x {len(ids)} codecs through the "
                   f"server-side decode path (decode_any; element cap {args.max_numel:,}, tensor cap {args.max_tensors:,}, "
-                  f"{args.time_limit} s per case, "
+                  f"{args.time_limit} s per case ({args.clock} clock), "
                   f"memory cap {args.mem_cap_mb} MB per worker, {args.jobs} worker process(es), seed {args.seed})")
     print_environment(console)
     total = args.cases * len(ids)
@@ -223,7 +232,8 @@ def main(args) -> int:
                 console.print(f"fuzz: {done['n']:,} of {total:,} cases, {done['bad']} failures, "
                               f"{time.perf_counter() - done['t0']:.0f} s")
         rep = fuzz(args.cases, ids, seed=args.seed, time_limit=args.time_limit, max_numel=args.max_numel,
-                   jobs=args.jobs, mem_cap_mb=args.mem_cap_mb, progress=progress, max_tensors=args.max_tensors)
+                   jobs=args.jobs, mem_cap_mb=args.mem_cap_mb, progress=progress, max_tensors=args.max_tensors,
+                   clock=args.clock)
     print_report(console, rep)
     return 1 if rep["bad"] else 0
 
@@ -262,7 +272,7 @@ def print_report(console, rep: dict) -> None:
     console.print(f"cases: {rep['cases']:,} ({rep['cases_per_codec']:,} per codec x {len(rep['per_codec'])} codecs)   "
                   f"failures: {rep['bad']} (" + ", ".join(f"{k} {o[k]}" for k in FAILURES) + ")")
     console.print(f"slowest case: {secs * 1000:.1f} ms wall ({scid} case {i}, {how}), {csecs * 1000:.1f} ms CPU "
-                  f"({ccid} case {ci}, {chow}); limit {rep['time_limit']} s")
+                  f"({ccid} case {ci}, {chow}); limit {rep['time_limit']} s ({rep['clock']} clock)")
     last = min(first + BATCH, rep["cases_per_codec"]) - 1
     console.print(f"peak extra memory: {mb(peak)} MB (largest resident-memory growth within a batch of {BATCH} "
                   f"cases: {pcid}, cases {first}..{last}); cap {rep['mem_cap_mb']} MB per worker")
