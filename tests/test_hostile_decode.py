@@ -102,7 +102,7 @@ def test_receiver_tensor_cap_at_its_bound(cap, ok):
     if ok:
         assert list(Float32().decode(data, max_tensors=cap)) == ["w", "b"]
     else:
-        with pytest.raises(PayloadError, match="exceeds the limit 1"):
+        with pytest.raises(PayloadError, match="2 tensors, more than the receiver's limit of 1"):
             Float32().decode(data, max_tensors=cap)
 
 
@@ -192,8 +192,11 @@ def test_expected_specs_in_any_order_decode_and_many_tensors_are_refused_by_coun
     many = Float32().encode({f"t{i}": torch.zeros(1) for i in range(5000)}, seed=0)
     with pytest.raises(SpecMismatch, match="declares 5000 tensors, expected 2"):
         decode_any(many, expect=WANT)
-    with pytest.raises(PayloadError, match="exceeds the limit 1024"):
+    with pytest.raises(PayloadError, match="5000 tensors, more than the receiver's limit of 1024"):
         decode_any(many, max_tensors=1024)
+    with pytest.raises(PayloadError, match="limit of 4096"):  # the default cap
+        decode_any(many)
+    assert len(decode_any(many, max_tensors=5000)) == 5000
 
 
 def test_the_server_rejects_a_mismatching_reply_from_its_header_as_a_spec_failure():

@@ -188,8 +188,10 @@ def _decode_header(buf: memoryview, limits: Limits = Limits(), expect=None) -> H
         raise PayloadError("codec config must be a JSON object")
     # the count is checked before any entry is read: against the expected tensors when the receiver
     # knows them (its expectation replaces the generic cap), else against its cap
-    cap = MAX_TENSORS if want is not None else min(limits.max_tensors, MAX_TENSORS)
-    count = r.varint(limit=min(cap, r.remaining() // MIN_ENTRY))
+    count = r.varint(limit=min(MAX_TENSORS, r.remaining() // MIN_ENTRY))
+    if want is None and count > limits.max_tensors:
+        raise PayloadError(f"payload declares {count} tensors, more than the receiver's limit of "
+                           f"{limits.max_tensors} (max_tensors)")
     if want is not None and count != len(want):
         raise SpecMismatch(f"payload declares {count} tensors, expected {len(want)}")
     max_numel = limits.max_numel
