@@ -355,3 +355,9 @@ def test_cpu_clock_fails_a_case_for_its_own_cpu_time_and_still_catches_a_sleep(m
     assert time.monotonic() - t0 < 20
     assert rep["outcomes"]["hang"] == 2 and rep["cases"] == 4 and rep["clock"] == "cpu"
     assert [f[1] for f in rep["failures"]] == [1, 2] and "(cpu clock)" in rep["failures"][0][4]
+
+
+def test_hostile_input_figures_all_end_in_our_errors():
+    rows = fuzz.hostile_input_figures()
+    assert len(rows) == 7
+    assert [err for _, _, err in rows] == ["SpecLimitError"] * 5 + ["SpecMismatch", "PayloadError"]

@@ -202,6 +202,39 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
     }
 
 
+def hostile_input_figures() -> list[tuple[str, float, str]]:
+    """(input, seconds, the error it ended in) for the inputs of issue #22 that are too big for a payload
+    header: the spec parser on a 1 MB spec, 10,000 and 2,000 nested parentheses, 10,000 stages, 50,000 minus signs,
+    and a payload declaring 5,000 tiny tensors against a receiver expecting 2 and one capped at 1,024."""
+    import torch
+
+    from fedsqueeze.codecs.spec import decode_any, make_codec
+    from fedsqueeze.wire.payload import TensorSpec
+
+    many = make_codec("fp32").encode({f"t{i}": torch.zeros(1) for i in range(5000)}, seed=0)
+    want = [TensorSpec("a", (1,), torch.float32), TensorSpec("b", (1,), torch.float32)]
+    cases = [
+        ("spec of 1 MB", lambda: make_codec("topk(fraction=" + "1" * (1 << 20) + ")")),
+        ("spec nested 10,000 deep", lambda: make_codec("ef(inner=" + "(" * 10_000 + ")" * 10_000 + ")")),
+        ("spec nested 2,000 deep (4,010 characters)",
+         lambda: make_codec("ef(inner=" + "(" * 2000 + ")" * 2000 + ")")),
+        ("pipeline of 10,000 stages", lambda: make_codec("|".join(["svd"] * 10_000))),
+        ("ef inner of 50,000 minus signs", lambda: make_codec("ef(inner=" + "-" * 50_000 + "1)")),
+        ("5,000 tensors, 2 expected", lambda: decode_any(many, expect=want)),
+        ("5,000 tensors, cap 1,024", lambda: decode_any(many, max_tensors=1024)),
+    ]
+    out = []
+    for what, act in cases:
+        t0 = time.perf_counter()
+        try:
+            act()
+            err = "no error"
+        except FedsqueezeError as e:
+            err = type(e).__name__
+        out.append((what, time.perf_counter() - t0, err))
+    return out
+
+
 # ---- the command --------------------------------------------------------------------------------
 def main(args) -> int:
     from rich.console import Console
@@ -235,7 +268,11 @@ def main(args) -> int:
                    jobs=args.jobs, mem_cap_mb=args.mem_cap_mb, progress=progress, max_tensors=args.max_tensors,
                    clock=args.clock)
     print_report(console, rep)
-    return 1 if rep["bad"] else 0
+    figures = hostile_input_figures()
+    console.print("hostile inputs beyond a header's size: " + "; ".join(
+        f"{what}: {err} in {secs * 1000:.1f} ms" for what, secs, err in figures))
+    clean = all(err != "no error" for _, _, err in figures)
+    return 1 if rep["bad"] or not clean else 0
 
 
 def print_report(console, rep: dict) -> None:
