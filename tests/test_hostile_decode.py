@@ -361,3 +361,12 @@ def test_hostile_input_figures_all_end_in_our_errors():
     rows = fuzz.hostile_input_figures()
     assert len(rows) == 7
     assert [err for _, _, err in rows] == ["SpecLimitError"] * 5 + ["SpecMismatch", "PayloadError"]
+
+
+def test_a_pipelines_nested_header_is_bounded_by_the_outer_tensors():
+    good = make_codec("svd | fp16").encode({"m": torch.randn(4, 3)}, seed=0)
+    header, _ = unpack(good)
+    inner = make_codec("fp16").encode({f"t{i}": torch.zeros(1) for i in range(5)}, seed=0)  # 5 > 4 x 1
+    with pytest.raises(PayloadError, match="5 tensors, more than the receiver's limit of 4"):
+        decode_any(pack(header, inner))
+    assert decode_any(good)["m"].shape == (4, 3)
