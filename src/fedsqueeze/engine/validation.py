@@ -6,6 +6,10 @@ messages differ from what the algorithm expects (``Algorithm.upload_spec``: kind
 shapes, dtypes), a value is NaN/Inf, or the L2 norm of a message exceeds ``engine.max_update_norm``.
 The norm is taken per message kind over all of its decoded tensors, ``sqrt(sum_t sum_i t_i^2)``
 (in float64), so e.g. SCAFFOLD's ``update`` and ``control`` are bounded separately.
+
+The expected tensors also go into ``decode`` (``expected_specs``): a payload whose header declares
+other names, shapes, dtypes or more tensors is refused while the header is read, before anything is
+allocated (``wire.payload.SpecMismatch``), and rejected with check ``spec`` as if it had been decoded.
 """
 from __future__ import annotations
 
