@@ -245,7 +245,8 @@ def main(args) -> int:
     console = Console(width=140)
     ids = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else CODECS.names()
     console.print(f"[bold]bench fuzz[/]: {args.cases:,} mutated payloads PER CODEC x {len(ids)} codecs through the "
-                  f"server-side decode path (decode_any; element cap {args.max_numel:,}, tensor cap {args.max_tensors:,}, "
+                  f"server-side decode path (decode_any; element cap {args.max_numel:,}, "
+                  f"tensor cap {args.max_tensors:,}, "
                   f"{args.time_limit} s per case ({args.clock} clock), "
                   f"memory cap {args.mem_cap_mb} MB per worker, {args.jobs} worker process(es), seed {args.seed})")
     print_environment(console)

@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from fedsqueeze.codecs.base import DEFAULT_MAX_NUMEL, DEFAULT_MAX_TENSORS, Codec, DeviceLike, Tensors, host, host_tensors
+from fedsqueeze.codecs.base import (DEFAULT_MAX_NUMEL, DEFAULT_MAX_TENSORS, Codec, DeviceLike, Tensors, host,
+                                    host_tensors)
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.wire.payload import TensorSpec
 

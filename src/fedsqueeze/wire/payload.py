@@ -43,8 +43,8 @@ import json
 import math
 import struct
 import zlib
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -217,7 +217,7 @@ def _decode_header(buf: memoryview, limits: Limits = Limits(), expect=None) -> H
         if total > MAX_NUMEL:
             raise PayloadError(f"payload declares more than {MAX_NUMEL} elements")
         if total > max_numel:
-            raise PayloadError(f"payload declares {total} or more elements, more than the allowed "
+            raise PayloadError(f"payload declares at least {total} elements, more than the allowed "
                                f"{max_numel}")
         spec = TensorSpec(name, shape, DTYPES[code])
         if want is not None:
