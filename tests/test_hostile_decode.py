@@ -370,3 +370,22 @@ def test_a_pipelines_nested_header_is_bounded_by_the_outer_tensors():
     with pytest.raises(PayloadError, match="5 tensors, more than the receiver's limit of 4"):
         decode_any(pack(header, inner))
     assert decode_any(good)["m"].shape == (4, 3)
+
+
+def test_cpu_clock_wall_timer_spares_a_case_that_only_waited_for_a_core():
+    import signal as sig
+
+    from fedsqueeze.bench import fuzz_worker as fw
+    now, cpu, queue = time.monotonic(), time.process_time(), fw._run_delay()
+    try:
+        fw._CASE.update(limit=0.5, wall=now - 5, cpu=cpu, queue=queue - 5)  # 5 s in the run queue: starved
+        fw._alarm(sig.SIGALRM, None)  # no exception: the wall timer is re-armed instead
+        assert sig.getitimer(sig.ITIMER_REAL)[0] > 0
+        fw._CASE.update(queue=queue)  # the same 5 s neither computing nor queued: a sleep
+        with pytest.raises(fw._Hang):
+            fw._alarm(sig.SIGALRM, None)
+        with pytest.raises(fw._Hang):
+            fw._alarm(sig.SIGPROF, None)
+    finally:
+        sig.setitimer(sig.ITIMER_REAL, 0)
+        fw._CASE.clear()

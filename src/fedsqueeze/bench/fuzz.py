@@ -39,8 +39,9 @@ segfault or a hang the in-process timer could not interrupt).
 
 The per-case time limit is wall-clock seconds by default; ``clock="cpu"`` (``--clock cpu``) counts the
 worker's CPU seconds instead (SIGPROF), so a case on a loaded, shared machine is not failed for time it
-spent waiting for a core, while a wall-clock limit of ``WALL_FACTOR`` (10) times the limit still catches
-a case that sleeps or blocks.
+spent waiting for a core; a wall-clock timer every ``WALL_FACTOR`` (10) times the limit still fails a
+case that spent more than the limit neither computing nor waiting in the run queue (a sleep or a blocked
+call; Linux ``schedstat``), and the watchdog allows 60 times the limit plus its grace.
 
 Cases run in forked worker processes (``bench.fuzz_worker``). Each arms a per-case timer (SIGALRM)
 and limits its address space to its size at start plus the memory cap (``RLIMIT_AS``); the parent is a
@@ -94,7 +95,8 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
         CODECS.get(cid)  # unknown ids fail here, with the registry's did-you-mean
     opts = {"ids": CODECS.names(), "seed": seed, "time_limit": time_limit, "max_numel": max_numel,
             "max_tensors": max_tensors, "mem_cap": mem_cap_mb << 20, "clock": clock}
-    wall_limit = time_limit * (WALL_FACTOR if clock == "cpu" else 1)  # what the watchdog adds its grace to
+    # what the watchdog adds its grace to; with the CPU clock a starved case may run long in wall time
+    wall_limit = time_limit * (6 * WALL_FACTOR if clock == "cpu" else 1)
     chunk = -(-cases // jobs) if cases else 0
     todo = deque((cid, lo, min(lo + chunk, cases), frozenset()) for cid in ids for lo in range(0, cases, chunk or 1)
                  if chunk)

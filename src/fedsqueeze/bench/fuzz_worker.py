@@ -34,8 +34,28 @@ class _Hang(Exception):
     pass
 
 
+_CASE: dict = {}  # the running case with the CPU clock: its limit and start readings (for ``_alarm``)
+
+
+def _run_delay() -> float:
+    """Seconds this thread has waited for a CPU so far (Linux ``/proc/self/schedstat``; 0 elsewhere)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _alarm(signum, frame):  # noqa: ARG001
-    raise _Hang()
+    if signum == signal.SIGPROF:
+        raise _Hang("cpu")
+    if _CASE:  # CPU clock: the wall timer fails a case that sleeps or blocks, not one that waits for a core
+        wall = time.monotonic() - _CASE["wall"]
+        blocked = wall - (time.process_time() - _CASE["cpu"]) - (_run_delay() - _CASE["queue"])
+        if blocked <= _CASE["limit"]:
+            signal.setitimer(signal.ITIMER_REAL, _CASE["limit"] * WALL_FACTOR)
+            return
+    raise _Hang("wall")
 
 
 # ---- running cases --------------------------------------------------------------------------------
@@ -69,9 +89,11 @@ def run_case(bad: bytes, max_numel: int, time_limit: float, max_tensors: int | N
     """Decode one payload under the per-case timer: (outcome, past the frame and header checks, detail).
     ``max_numel``, ``max_tensors``: the receiver's limits (None: the format's own). ``clock``: ``"wall"``
     (the limit is wall-clock seconds) or ``"cpu"`` (CPU seconds of this process, so a case is not failed
-    for the machine's load; a wall-clock limit of ``WALL_FACTOR`` times it still catches sleeps)."""
+    for the machine's load; every ``WALL_FACTOR`` times the limit in wall time, the case fails if more than
+    the limit of it was spent neither computing nor waiting for a core: a sleep or a blocked call)."""
     header = None
     if clock == "cpu":
+        _CASE.update(limit=time_limit, wall=time.monotonic(), cpu=time.process_time(), queue=_run_delay())
         signal.setitimer(signal.ITIMER_PROF, time_limit)
     signal.setitimer(signal.ITIMER_REAL, time_limit * (WALL_FACTOR if clock == "cpu" else 1))
     try:
@@ -84,14 +106,18 @@ def run_case(bad: bytes, max_numel: int, time_limit: float, max_tensors: int | N
         return ("bad_output", True, problem) if problem else ("decoded", True, "")
     except (PayloadError, CodecError) as e:
         return ("over_cap" if _over_cap(e) else "rejected"), header is not None, repr(e)
-    except _Hang:
-        return "hang", header is not None, f"exceeded the {time_limit} s time limit ({clock} clock)"
+    except _Hang as e:
+        what = (f"{time_limit} s of CPU time" if e.args == ("cpu",) else
+                f"{time_limit * WALL_FACTOR} s of wall time, more than {time_limit} s of it blocked"
+                if clock == "cpu" else f"the {time_limit} s time limit")
+        return "hang", header is not None, f"exceeded {what} ({clock} clock)"
     except BaseException as e:  # noqa: BLE001  (the point is to catch everything else)
         outcome = "over_cap" if _over_cap(e) else "crash"
         return outcome, header is not None, f"{e!r}\n{traceback.format_exc(limit=4)}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.setitimer(signal.ITIMER_PROF, 0)
+        _CASE.clear()
 
 
 class _Memory:
