@@ -161,12 +161,20 @@ def add_parser(sub) -> None:
     bf.add_argument("--codecs", help="comma-separated codec ids (default: all registered)")
     bf.add_argument("--seed", type=int, default=0)
     bf.add_argument("--jobs", type=int, default=1, help="worker processes running cases in parallel (default 1)")
-    bf.add_argument("--time-limit", type=float, default=2.0, help="seconds per case before it counts as a hang")
+    bf.add_argument("--time-limit", type=float, default=1.0,
+                    help="seconds per case before it counts as a hang (default 1)")
     bf.add_argument("--max-numel", type=int, default=1 << 22, help="element cap of the decoder")
-    bf.add_argument("--mem-cap-mb", type=int, default=1024,
-                    help="address space a worker may add to its size at start (MB); beyond it is a failure")
+    bf.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="what the time limit counts: wall-clock seconds (default) or the worker's CPU seconds "
+                         "(for a loaded, shared machine; 10x the limit in wall time still fails a case)")
+    bf.add_argument("--max-tensors", type=int, default=1024,
+                    help="tensors the receiver accepts per payload (default 1,024)")
+    bf.add_argument("--mem-cap-mb", type=int, default=256,
+                    help="address space a worker may add to its size at start (MB, default 256); beyond it is a "
+                         "failure")
     bf.set_defaults(func=_checked("fuzz", cases=(None, 10**9), seed=(0, 2**63 - 1), jobs=(None, 256),
-                                    time_limit=(0.01, 3600), max_numel=(1, 1 << 31), mem_cap_mb=(16, 1 << 20)))
+                                    time_limit=(0.01, 3600), max_numel=(1, 1 << 31), mem_cap_mb=(16, 1 << 20),
+                                    max_tensors=(1, 1 << 20)))
     bk = bsub.add_parser("kill", help="SIGKILL a run at random points, resume each time: metrics must be identical",
                          description="A small run (digits, SCAFFOLD, error-feedback uplink, simulated client faults) is "
                                      "killed with SIGKILL at random points — inside checkpoint and client-state writes, "

@@ -17,11 +17,31 @@ the header's config, its body parser) — under an element cap. Mutations:
 - ``swap_codec``: another codec's id (and config) on this body, valid CRC;
 - ``splice``: another payload's body (other shapes) under this header, valid CRC.
 
+The hostile classes of issue #22 (a sender that chooses valid-looking values to stop or starve the
+receiver):
+
+- ``bound_value``: one header integer at its exact bound, one below or one above (seed at 2**63 - 1,
+  the tensor count, a name of 255 bytes, ndim at 8, a dim and the total element count at 2**31,
+  the config length), written field by field under a valid CRC;
+- ``hostile_config``: well-typed but hostile codec configs (bucket, levels, rank, k, chunk set to a
+  tensor's size or to 2**16 .. 2**63 - 1; floats to extremes): many are valid configs, so the body
+  must decode within the limits (e.g. qsgd with ``bucket = 2**24`` on a tiny tensor);
+- ``many_tensors``: valid payloads of 16 and 256 tiny tensors and a header declaring 5,000, as is or
+  with a few body bytes changed; the receiver accepts at most ``max_tensors`` (default 1,024);
+- ``deep_spec``: long (4,096 .. 60,000 characters) and deep (16 .. 10,000 levels, 10,000 stages)
+  codec specs, ``**kw`` and ``-`` chains in the config fields that hold specs (``stages``, ``inner``).
+
 The only acceptable outcomes are a decoded payload whose tensors match its header, or our own
 errors (``PayloadError``/``CodecError``). Failures: any other exception (``crash``), a case slower
 than the time limit (``hang``), an allocation beyond the memory cap (``over_cap``), a decode whose
 tensors do not match the header (``bad_output``), and a worker process that died (``died``: a
 segfault or a hang the in-process timer could not interrupt).
+
+The per-case time limit is wall-clock seconds by default; ``clock="cpu"`` (``--clock cpu``) counts the
+worker's CPU seconds instead (SIGPROF), so a case on a loaded, shared machine is not failed for time it
+spent waiting for a core; a wall-clock timer every ``WALL_FACTOR`` (10) times the limit still fails a
+case that spent more than the limit neither computing nor waiting in the run queue (a sleep or a blocked
+call; Linux ``schedstat``), and the watchdog allows 60 times the limit plus its grace.
 
 Cases run in forked worker processes (``bench.fuzz_worker``). Each arms a per-case timer (SIGALRM)
 and limits its address space to its size at start plus the memory cap (``RLIMIT_AS``); the parent is a
@@ -42,7 +62,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedsqueeze.bench.fuzz_cases import MUTATIONS
-from fedsqueeze.bench.fuzz_worker import BATCH, FAILURES, MAX_LISTED, OUTCOMES, Part, worker
+from fedsqueeze.bench.fuzz_worker import BATCH, FAILURES, MAX_LISTED, OUTCOMES, WALL_FACTOR, Part, worker
 from fedsqueeze.errors import FedsqueezeError
 from fedsqueeze.registry import CODECS
 
@@ -57,7 +77,7 @@ class _Running:
 
 def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_limit: float = 2.0,
          max_numel: int = 1 << 22, jobs: int = 1, mem_cap_mb: int = 1024, grace: float = 10.0,
-         progress=None) -> dict:
+         progress=None, max_tensors: int = 1024, clock: str = "wall") -> dict:
     """``cases`` mutated payloads per codec, in ``jobs`` forked worker processes with a watchdog.
 
     A worker stuck on one case for ``time_limit + grace`` seconds (the in-process timer could not
@@ -66,11 +86,17 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
     cases, ``failed`` of them failures)."""
     if cases < 0 or jobs < 1:
         raise FedsqueezeError("--cases must be >= 0 and --jobs >= 1")
+    if clock not in ("wall", "cpu"):
+        raise FedsqueezeError(f"--clock must be 'wall' or 'cpu', not {clock!r}")
+    if max_tensors < 0 or not time_limit > 0 or mem_cap_mb < 0:
+        raise FedsqueezeError("--max-tensors and --mem-cap-mb must be >= 0 and --time-limit > 0")
     ids = codecs or CODECS.names()
     for cid in ids:
         CODECS.get(cid)  # unknown ids fail here, with the registry's did-you-mean
     opts = {"ids": CODECS.names(), "seed": seed, "time_limit": time_limit, "max_numel": max_numel,
-            "mem_cap": mem_cap_mb << 20}
+            "max_tensors": max_tensors, "mem_cap": mem_cap_mb << 20, "clock": clock}
+    # what the watchdog adds its grace to; with the CPU clock a starved case may run long in wall time
+    wall_limit = time_limit * (6 * WALL_FACTOR if clock == "cpu" else 1)
     chunk = -(-cases // jobs) if cases else 0
     todo = deque((cid, lo, min(lo + chunk, cases), frozenset()) for cid in ids for lo in range(0, cases, chunk or 1)
                  if chunk)
@@ -87,6 +113,8 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
         acc.failures += p.failures[: max(0, MAX_LISTED - len(acc.failures))]
         acc.slowest = max(acc.slowest, p.slowest)
         acc.slowest_cpu = max(acc.slowest_cpu, p.slowest_cpu)
+        for how, dt in p.slowest_by_mutation.items():
+            acc.slowest_by_mutation[how] = max(acc.slowest_by_mutation.get(how, 0.0), dt)
         acc.peak = max(acc.peak, p.peak)
         acc.seconds += p.seconds
         if progress is not None:
@@ -141,10 +169,10 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
             now = time.monotonic()
             for run in list(running.values()):
                 started = run.slot[1]
-                if started and now - started > time_limit + grace:
+                if started and now - started > wall_limit + grace:
                     run.proc.kill()
                     run.proc.join(timeout=5)
-                    lost(run, "hang", f"no result after {time_limit + grace:.0f} s; worker killed by the watchdog")
+                    lost(run, "hang", f"no result after {wall_limit + grace:.0f} s; worker killed by the watchdog")
                     finish(run)
     finally:
         for run in list(running.values()):
@@ -166,11 +194,47 @@ def fuzz(cases: int, codecs: list[str] | None = None, *, seed: int = 0, time_lim
         "slowest_cpu": max(((p.slowest_cpu, cid) for cid, p in per.items()), default=((0.0, -1, ""), "")),
         "slowest_s": max((p.slowest[0] for p in per.values()), default=0.0),
         "slowest_per_codec": {cid: p.slowest[0] for cid, p in per.items()},
+        "slowest_by_mutation": {how: max((p.slowest_by_mutation.get(how, 0.0) for p in per.values()), default=0.0)
+                                for how in MUTATIONS},
         "peak_extra": max(((p.peak, cid) for cid, p in per.items()), default=((0, -1), "")),
         "peak_per_codec": {cid: p.peak[0] for cid, p in per.items()},
         "wall_s": time.perf_counter() - t0,
-        "mem_cap_mb": mem_cap_mb, "max_numel": max_numel, "time_limit": time_limit,
+        "mem_cap_mb": mem_cap_mb, "max_numel": max_numel, "max_tensors": max_tensors, "time_limit": time_limit,
+        "clock": clock,
     }
+
+
+def hostile_input_figures() -> list[tuple[str, float, str]]:
+    """(input, seconds, the error it ended in) for the inputs of issue #22 that are too big for a payload
+    header: the spec parser on a 1 MB spec, 10,000 and 2,000 nested parentheses, 10,000 stages, 50,000 minus signs,
+    and a payload declaring 5,000 tiny tensors against a receiver expecting 2 and one capped at 1,024."""
+    import torch
+
+    from fedsqueeze.codecs.spec import decode_any, make_codec
+    from fedsqueeze.wire.payload import TensorSpec
+
+    many = make_codec("fp32").encode({f"t{i}": torch.zeros(1) for i in range(5000)}, seed=0)
+    want = [TensorSpec("a", (1,), torch.float32), TensorSpec("b", (1,), torch.float32)]
+    cases = [
+        ("spec of 1 MB", lambda: make_codec("topk(fraction=" + "1" * (1 << 20) + ")")),
+        ("spec nested 10,000 deep", lambda: make_codec("ef(inner=" + "(" * 10_000 + ")" * 10_000 + ")")),
+        ("spec nested 2,000 deep (4,010 characters)",
+         lambda: make_codec("ef(inner=" + "(" * 2000 + ")" * 2000 + ")")),
+        ("pipeline of 10,000 stages", lambda: make_codec("|".join(["svd"] * 10_000))),
+        ("ef inner of 50,000 minus signs", lambda: make_codec("ef(inner=" + "-" * 50_000 + "1)")),
+        ("5,000 tensors, 2 expected", lambda: decode_any(many, expect=want)),
+        ("5,000 tensors, cap 1,024", lambda: decode_any(many, max_tensors=1024)),
+    ]
+    out = []
+    for what, act in cases:
+        t0 = time.perf_counter()
+        try:
+            act()
+            err = "no error"
+        except FedsqueezeError as e:
+            err = type(e).__name__
+        out.append((what, time.perf_counter() - t0, err))
+    return out
 
 
 # ---- the command --------------------------------------------------------------------------------
@@ -183,7 +247,9 @@ def main(args) -> int:
     console = Console(width=140)
     ids = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else CODECS.names()
     console.print(f"[bold]bench fuzz[/]: {args.cases:,} mutated payloads PER CODEC x {len(ids)} codecs through the "
-                  f"server-side decode path (decode_any; element cap {args.max_numel:,}, {args.time_limit} s per case, "
+                  f"server-side decode path (decode_any; element cap {args.max_numel:,}, "
+                  f"tensor cap {args.max_tensors:,}, "
+                  f"{args.time_limit} s per case ({args.clock} clock), "
                   f"memory cap {args.mem_cap_mb} MB per worker, {args.jobs} worker process(es), seed {args.seed})")
     print_environment(console)
     total = args.cases * len(ids)
@@ -202,9 +268,14 @@ def main(args) -> int:
                 console.print(f"fuzz: {done['n']:,} of {total:,} cases, {done['bad']} failures, "
                               f"{time.perf_counter() - done['t0']:.0f} s")
         rep = fuzz(args.cases, ids, seed=args.seed, time_limit=args.time_limit, max_numel=args.max_numel,
-                   jobs=args.jobs, mem_cap_mb=args.mem_cap_mb, progress=progress)
+                   jobs=args.jobs, mem_cap_mb=args.mem_cap_mb, progress=progress, max_tensors=args.max_tensors,
+                   clock=args.clock)
     print_report(console, rep)
-    return 1 if rep["bad"] else 0
+    figures = hostile_input_figures()
+    console.print("hostile inputs beyond a header's size: " + "; ".join(
+        f"{what}: {err} in {secs * 1000:.1f} ms" for what, secs, err in figures))
+    clean = all(err != "no error" for _, _, err in figures)
+    return 1 if rep["bad"] or not clean else 0
 
 
 def print_report(console, rep: dict) -> None:
@@ -224,13 +295,13 @@ def print_report(console, rep: dict) -> None:
                   mb(rep["peak_per_codec"][cid]), f"{n / secs:,.0f}" if secs else "—")
     console.print(t)
     m = Table(title="outcomes per mutation (all codecs)")
-    for col in ("mutation", "cases", "decoded", "rejected", "failures"):
+    for col in ("mutation", "cases", "decoded", "rejected", "failures", "slowest ms"):
         m.add_column(col, justify="right")
     bm = rep["by_mutation"]
     for how in MUTATIONS:
         row = {o: bm.get((how, o), 0) for o in OUTCOMES}
         m.add_row(how, f"{sum(row.values()):,}", f"{row['decoded']:,}", f"{row['rejected']:,}",
-                  str(sum(row[o] for o in FAILURES)))
+                  str(sum(row[o] for o in FAILURES)), f"{rep['slowest_by_mutation'].get(how, 0.0) * 1000:.1f}")
     console.print(m)
     for cid, i, how, outcome, detail in rep["failures"]:
         console.print(f"[red]FAIL[/] {cid} case {i} ({how}): {outcome}: {detail}")
@@ -241,7 +312,7 @@ def print_report(console, rep: dict) -> None:
     console.print(f"cases: {rep['cases']:,} ({rep['cases_per_codec']:,} per codec x {len(rep['per_codec'])} codecs)   "
                   f"failures: {rep['bad']} (" + ", ".join(f"{k} {o[k]}" for k in FAILURES) + ")")
     console.print(f"slowest case: {secs * 1000:.1f} ms wall ({scid} case {i}, {how}), {csecs * 1000:.1f} ms CPU "
-                  f"({ccid} case {ci}, {chow}); limit {rep['time_limit']} s")
+                  f"({ccid} case {ci}, {chow}); limit {rep['time_limit']} s ({rep['clock']} clock)")
     last = min(first + BATCH, rep["cases_per_codec"]) - 1
     console.print(f"peak extra memory: {mb(peak)} MB (largest resident-memory growth within a batch of {BATCH} "
                   f"cases: {pcid}, cases {first}..{last}); cap {rep['mem_cap_mb']} MB per worker")

@@ -7,6 +7,8 @@ running the others. See ``fedsqueeze.bench.fuzz`` for what each mutation targets
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import math
 import random
 import zlib
@@ -16,11 +18,13 @@ import torch
 
 from fedsqueeze.codecs.spec import make_codec
 from fedsqueeze.registry import CODECS
-from fedsqueeze.wire.payload import _CRC, _PREFIX, DTYPES, Header, TensorSpec, pack, unpack
+from fedsqueeze.wire.payload import (_CRC, _PREFIX, DTYPE_CODES, DTYPES, FORMAT_VERSION, MAGIC, MAX_NDIM, MAX_NUMEL,
+                                     MAX_SEED, Header, TensorSpec, pack, unpack)
 from fedsqueeze.wire.varint import encode_varint
 
 MUTATIONS = ("truncate", "flip", "random", "frame_length", "body_bytes", "inflate_varint", "inflate_shape",
-             "header_field", "swap_codec", "splice")
+             "header_field", "swap_codec", "splice", "bound_value", "hostile_config", "many_tensors", "deep_spec")
+MANY = (16, 256, 5000)  # tensors of the ``many_tensors`` payloads (the fuzz receiver accepts up to 1,024)
 
 # More configurations than the default, so every body format a codec has is mutated.
 EXTRA_SPECS: dict[str, list[str]] = {
@@ -67,6 +71,23 @@ def valid_payloads(cid: str) -> list[bytes]:
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def many_payloads(cid: str) -> tuple[bytes, ...]:
+    """Valid payloads of ``cid`` with ``MANY[:-1]`` tiny tensors (1 to 5 values each), and one whose header
+    declares ``MANY[-1]`` tiny tensors over the body of the previous one (beyond the receiver's tensor
+    cap, refused by the count). Built once per process."""
+    out = []
+    for n in MANY[:-1]:
+        g = torch.Generator().manual_seed(n)
+        tensors = {f"p{j}": torch.randn(1 + j % 5, generator=g) for j in range(n)}
+        out.append(make_codec(cid).encode(tensors, seed=n))
+    header, body = unpack(out[-1])
+    n = MANY[-1]
+    specs = tuple(TensorSpec(f"p{j}", (1 + j % 5,), torch.float32) for j in range(n))
+    out.append(pack(Header(header.codec_id, header.seed, header.config, specs), bytes(body)))
+    return tuple(out)
+
+
 def _case_rng(seed: int, cid: str, i: int) -> random.Random:
     return random.Random(((seed * 2 ** 32 + zlib.crc32(cid.encode())) << 40) + i)
 
@@ -78,7 +99,10 @@ def make_case(cid: str, i: int, *, seed: int = 0, goods: list[bytes] | None = No
     ids = ids if ids is not None else CODECS.names()
     how = MUTATIONS[i % len(MUTATIONS)]
     good = goods[(i // len(MUTATIONS)) % len(goods)]
-    return how, _mutate(_case_rng(seed, cid, i), good, how, goods, ids)
+    rng = _case_rng(seed, cid, i)
+    if how == "many_tensors":
+        return how, _many_tensors(rng, many_payloads(cid))
+    return how, _mutate(rng, good, how, goods, ids)
 
 
 def _mutate(rng: random.Random, good: bytes, how: str, goods: list[bytes], ids: list[str]) -> bytes:
@@ -114,7 +138,13 @@ def _mutate(rng: random.Random, good: bytes, how: str, goods: list[bytes], ids: 
     if how == "inflate_shape":
         return pack(_inflate_shape(rng, header), body)
     if how == "header_field":
-        return pack(_header_field(rng, header), body)
+        return pack_loose(_header_field(rng, header), body)
+    if how == "bound_value":
+        return _bound_value(rng, header, body)
+    if how == "hostile_config":
+        return pack(_hostile_config(rng, header), body)
+    if how == "deep_spec":
+        return _deep_spec(rng, header, body)
     if how == "swap_codec":
         other = rng.choice(ids)
         cfg = make_codec(other).get_config() if rng.random() < 0.5 else header.config
@@ -207,3 +237,141 @@ def _poke(rng: random.Random, node: Any) -> bool:
         return True
     node[k] = rng.choice(HOSTILE)
     return True
+
+
+# ---- the hostile classes of issue #22: exact bounds, hostile-but-valid configs, many tensors, deep specs ----
+def raw_header(codec_id: bytes, seed: int, config: bytes, count: int, entries: list[tuple]) -> bytes:
+    """Header bytes written field by field, without ``pack``'s checks: entries are (name bytes, dtype
+    code, dims), so any field can be set to any value the encoding can hold."""
+    out = bytearray([len(codec_id)]) + codec_id + encode_varint(seed) + encode_varint(len(config)) + config
+    out += encode_varint(count)
+    for name, code, dims in entries:
+        out += bytes([len(name)]) + name + bytes([code, len(dims)])
+        for d in dims:
+            out += encode_varint(d)
+    return bytes(out)
+
+
+def frame(hbytes: bytes, body: bytes) -> bytes:
+    """``hbytes`` and ``body`` in a valid frame with a valid CRC (the header is not checked)."""
+    framed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(hbytes), len(body)) + hbytes + body
+    return framed + _CRC.pack(zlib.crc32(framed))
+
+
+def pack_loose(header: Header, body: bytes) -> bytes:
+    """``pack`` without its checks (a seed beyond 2**63 - 1 is written as it is): what a hostile sender can do."""
+    cfg = json.dumps(header.config, separators=(",", ":"), sort_keys=True).encode() if header.config else b""
+    return frame(raw_header(header.codec_id.encode(), header.seed, cfg, len(header.tensors), _entries(header)), body)
+
+
+def _entries(header: Header) -> list[tuple]:
+    return [(s.name.encode(), DTYPE_CODES[s.dtype], list(s.shape)) for s in header.tensors]
+
+
+def _near(rng: random.Random, bound: int) -> int:
+    return bound + rng.choice([-1, 0, 1])
+
+
+def _bound_value(rng: random.Random, header: Header, body: bytes) -> bytes:
+    """One header integer at its exact bound, one below or one above (seed, tensor count, name length,
+    ndim, a dim, the total element count, the config length), everything else valid."""
+    cid = header.codec_id.encode()
+    cfg = json.dumps(header.config, separators=(",", ":"), sort_keys=True).encode() if header.config else b""
+    entries = _entries(header)
+    seed, count = header.seed, len(entries)
+    kind = rng.choice(["seed", "seed", "count", "name", "ndim", "dim", "total", "config_len", "codec_len"])
+    j = rng.randrange(len(entries))
+    name, code, dims = entries[j]
+    if kind == "seed":
+        seed = rng.choice([_near(rng, MAX_SEED), (1 << 64) - 1, 1 << 63, (1 << 70) - 1])
+    elif kind == "count":
+        count = rng.choice([_near(rng, count), 0, (1 << 16) + rng.choice([-1, 0, 1]), MAX_SEED])
+    elif kind == "name":
+        entries[j] = (b"n" * rng.choice([254, 255]), code, dims)
+    elif kind == "ndim":
+        entries[j] = (name, code, [1] * _near(rng, MAX_NDIM))
+    elif kind == "dim":
+        entries[j] = (name, code, [_near(rng, MAX_NUMEL)] + dims[1:])
+    elif kind == "total":  # two tensors whose elements add up to the bound, one below or one above
+        entries[j] = (name, code, [_near(rng, MAX_NUMEL) - 1])
+        entries.append((b"__one", code, [1]))
+        count += 1
+    elif kind == "config_len":
+        hb = raw_header(cid, seed, cfg, count, entries)
+        cut = 1 + len(cid) + len(encode_varint(seed))
+        lenfield = encode_varint(max(0, _near(rng, len(cfg))))
+        return frame(hb[:cut] + lenfield + hb[cut + len(encode_varint(len(cfg))):], body)
+    else:
+        cid = cid * (255 // max(1, len(cid))) + b"x" * (255 % max(1, len(cid)))
+    return frame(raw_header(cid, seed, cfg, count, entries), body)
+
+
+_BIG_INTS = [1 << 16, 1 << 20, 1 << 24, (1 << 24) + 1, 1 << 30, (1 << 31) - 1, 1 << 31, 1 << 53, MAX_SEED]
+
+
+def _hostile_config(rng: random.Random, header: Header) -> Header:
+    """Hostile but well-typed config values: every integer of the config (bucket, levels, rank, k, chunk,
+    bits, ...) set to a tensor size or to a huge value, every float to an extreme; many such configs are
+    valid, so the body must still decode within the time and memory limits (or be refused)."""
+    cfg = copy.deepcopy(header.config)
+    sizes = [s.numel for s in header.tensors] or [1]
+    keys = [k for k, v in cfg.items() if isinstance(v, (int, float))] or list(cfg)
+    for k in rng.sample(keys, min(len(keys), rng.randint(1, 2))) if keys else []:
+        v = cfg[k]
+        if isinstance(v, bool):
+            cfg[k] = not v
+        elif isinstance(v, int):
+            d = rng.choice(sizes)
+            cfg[k] = rng.choice([1, 2, max(1, d - 1), d, d + 1, 16, 64, *_BIG_INTS])
+        elif isinstance(v, float):
+            cfg[k] = rng.choice([1e-300, 5e-324, 1e-7, 0.5, 0.999999, 1.0, 1e6, 1e300, float(MAX_SEED)])
+        elif isinstance(v, str):
+            cfg[k] = rng.choice([v, v.upper(), v + " ", ""])
+    if not keys:
+        cfg["bogus"] = rng.choice(_BIG_INTS)
+    return Header(header.codec_id, header.seed, cfg, header.tensors)
+
+
+def _many_tensors(rng: random.Random, payloads: tuple[bytes, ...]) -> bytes:
+    """A valid payload of many tiny tensors, as is or with a few body bytes changed (valid CRC)."""
+    good = rng.choice(payloads)
+    if rng.random() < 0.5:
+        return good
+    header, view = unpack(good)
+    b = bytearray(view)
+    for _ in range(rng.randint(1, 4)):
+        b[rng.randrange(len(b))] = rng.getrandbits(8)
+    return pack(header, bytes(b))
+
+
+def hostile_specs(rng: random.Random) -> list:
+    """Long and deep codec specs, as a header may carry them (kept under the 65,535-byte header)."""
+    return [
+        "topk(" + "x" * rng.choice([4095, 4096, 4097, 60_000]),
+        "rdq(step=" + "(" * rng.choice([16, 17, 10_000]) + "0.1" + ")" * 10,
+        "|".join(["svd"] * rng.choice([16, 17, 10_000])),
+        ["svd"] * rng.choice([15, 16, 17, 10_000]),
+        "ef(inner=" + "-" * rng.choice([100, 4000, 50_000]) + "1)",
+        "ef(inner='" * 30 + "fp32" + "')" * 30,
+        "topk(**kwargs)", "topk(*a)", "topk(0.1)", "qsgd(bucket=16777216, levels=1048576)",
+        "a" * rng.choice([255, 4096, 60_000]),
+    ]
+
+
+def _deep_spec(rng: random.Random, header: Header, body: bytes) -> bytes:
+    """A long or deeply nested spec in a config field that holds specs (a pipeline's ``stages``, error
+    feedback's ``inner``) or in any other key; the parser must refuse it quickly."""
+    cfg = copy.deepcopy(header.config)
+    spec = rng.choice(hostile_specs(rng))
+    key = "stages" if "stages" in cfg else "inner" if "inner" in cfg else rng.choice(list(cfg) or ["inner"])
+    if key == "stages" and isinstance(spec, str) and rng.random() < 0.5:
+        spec = [spec, "fp32"]
+    cfg[key] = spec
+    hb = raw_header(header.codec_id.encode(), header.seed, json.dumps(cfg).encode(), len(header.tensors),
+                    _entries(header))
+    if len(hb) > 0xFFFF:  # beyond what a frame can carry: shorten the spec to fit
+        over = len(hb) - 0xFFFF + 16
+        cfg[key] = spec[:max(0, len(spec) - over)]
+        hb = raw_header(header.codec_id.encode(), header.seed, json.dumps(cfg).encode(), len(header.tensors),
+                        _entries(header))
+    return frame(hb, body)

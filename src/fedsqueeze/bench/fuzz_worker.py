@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from fedsqueeze.bench.fuzz_cases import inputs, make_case, valid_payloads
+from fedsqueeze.bench.fuzz_cases import inputs, make_case, many_payloads, valid_payloads
 from fedsqueeze.codecs.spec import decode_any, make_codec
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.wire.payload import Header, unpack
@@ -26,6 +26,7 @@ from fedsqueeze.wire.payload import Header, unpack
 FAILURES = ("crash", "hang", "over_cap", "bad_output", "died")
 OUTCOMES = ("decoded", "rejected", *FAILURES)
 BATCH = 100          # cases between progress reports and memory readings
+WALL_FACTOR = 10     # with the CPU clock, a case may also take at most this times the limit in wall time
 MAX_LISTED = 20      # failures kept per codec
 
 
@@ -33,8 +34,28 @@ class _Hang(Exception):
     pass
 
 
+_CASE: dict = {}  # the running case with the CPU clock: its limit and start readings (for ``_alarm``)
+
+
+def _run_delay() -> float:
+    """Seconds this thread has waited for a CPU so far (Linux ``/proc/self/schedstat``; 0 elsewhere)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _alarm(signum, frame):  # noqa: ARG001
-    raise _Hang()
+    if signum == signal.SIGPROF:
+        raise _Hang("cpu")
+    if _CASE:  # CPU clock: the wall timer fails a case that sleeps or blocks, not one that waits for a core
+        wall = time.monotonic() - _CASE["wall"]
+        blocked = wall - (time.process_time() - _CASE["cpu"]) - (_run_delay() - _CASE["queue"])
+        if blocked <= _CASE["limit"]:
+            signal.setitimer(signal.ITIMER_REAL, _CASE["limit"] * WALL_FACTOR)
+            return
+    raise _Hang("wall")
 
 
 # ---- running cases --------------------------------------------------------------------------------
@@ -63,27 +84,40 @@ def _check_output(out: Any, header: Header | None) -> str | None:
     return None
 
 
-def run_case(bad: bytes, max_numel: int, time_limit: float) -> tuple[str, bool, str]:
-    """Decode one payload under the per-case timer: (outcome, past the frame and header checks, detail)."""
+def run_case(bad: bytes, max_numel: int, time_limit: float, max_tensors: int | None = None,
+             clock: str = "wall") -> tuple[str, bool, str]:
+    """Decode one payload under the per-case timer: (outcome, past the frame and header checks, detail).
+    ``max_numel``, ``max_tensors``: the receiver's limits (None: the format's own). ``clock``: ``"wall"``
+    (the limit is wall-clock seconds) or ``"cpu"`` (CPU seconds of this process, so a case is not failed
+    for the machine's load; every ``WALL_FACTOR`` times the limit in wall time, the case fails if more than
+    the limit of it was spent neither computing nor waiting for a core: a sleep or a blocked call)."""
     header = None
-    signal.setitimer(signal.ITIMER_REAL, time_limit)
+    if clock == "cpu":
+        _CASE.update(limit=time_limit, wall=time.monotonic(), cpu=time.process_time(), queue=_run_delay())
+        signal.setitimer(signal.ITIMER_PROF, time_limit)
+    signal.setitimer(signal.ITIMER_REAL, time_limit * (WALL_FACTOR if clock == "cpu" else 1))
     try:
         try:
             header = unpack(bad)[0]
         except PayloadError:
             pass
-        out = decode_any(bad, max_numel=max_numel)
+        out = decode_any(bad, max_numel=max_numel, max_tensors=max_tensors)
         problem = _check_output(out, header)
         return ("bad_output", True, problem) if problem else ("decoded", True, "")
     except (PayloadError, CodecError) as e:
         return ("over_cap" if _over_cap(e) else "rejected"), header is not None, repr(e)
-    except _Hang:
-        return "hang", header is not None, f"exceeded the {time_limit} s time limit"
+    except _Hang as e:
+        what = (f"{time_limit} s of CPU time" if e.args == ("cpu",) else
+                f"{time_limit * WALL_FACTOR} s of wall time, more than {time_limit} s of it blocked"
+                if clock == "cpu" else f"the {time_limit} s time limit")
+        return "hang", header is not None, f"exceeded {what} ({clock} clock)"
     except BaseException as e:  # noqa: BLE001  (the point is to catch everything else)
         outcome = "over_cap" if _over_cap(e) else "crash"
         return outcome, header is not None, f"{e!r}\n{traceback.format_exc(limit=4)}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        _CASE.clear()
 
 
 class _Memory:
@@ -134,6 +168,7 @@ class Part:
     slowest: tuple = (0.0, -1, "")        # (wall seconds, case, mutation)
     slowest_cpu: tuple = (0.0, -1, "")    # (CPU seconds, case, mutation): without other processes' load
     peak: tuple = (0, -1)                 # (bytes above the batch's starting RSS, first case of the batch)
+    slowest_by_mutation: dict = field(default_factory=dict)  # mutation -> slowest wall seconds
     seconds: float = 0.0
     final: bool = False
 
@@ -143,8 +178,9 @@ def run_range(cid: str, start: int, stop: int, skip: frozenset, opts: dict, slot
     watchdog): [case in progress, its start time]; ``send`` gets a ``Part`` after every batch."""
     ids, goods = opts["ids"], valid_payloads(cid)
     # warm-up (lazy imports, first-call costs, also of the codecs a swapped id reaches): not a case
+    many_payloads(cid)  # the many-tiny-tensor payloads are built once, before the first case
     for good in goods + [make_codec(other).encode(inputs(0), seed=0) for other in ids]:
-        decode_any(good, max_numel=opts["max_numel"])
+        decode_any(good, max_numel=opts["max_numel"], max_tensors=opts.get("max_tensors"))
     mem = _Memory()
     part = Part(cid, done_through=start)
     t_batch = time.perf_counter()
@@ -156,7 +192,8 @@ def run_range(cid: str, start: int, stop: int, skip: frozenset, opts: dict, slot
         if slot is not None:
             slot[0], slot[1] = i, time.monotonic()
         t0, c0 = time.perf_counter(), time.process_time()
-        outcome, reached, detail = run_case(bad, opts["max_numel"], opts["time_limit"])
+        outcome, reached, detail = run_case(bad, opts["max_numel"], opts["time_limit"], opts.get("max_tensors"),
+                                            opts.get("clock", "wall"))
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if slot is not None:
             slot[1] = 0.0
@@ -165,6 +202,8 @@ def run_range(cid: str, start: int, stop: int, skip: frozenset, opts: dict, slot
         part.reached += reached
         if dt > part.slowest[0]:
             part.slowest = (dt, i, how)
+        if dt > part.slowest_by_mutation.get(how, 0.0):
+            part.slowest_by_mutation[how] = dt
         if dc > part.slowest_cpu[0]:
             part.slowest_cpu = (dc, i, how)
         if outcome in FAILURES and len(part.failures) < MAX_LISTED:
@@ -191,6 +230,7 @@ def worker(task: tuple, opts: dict, conn, slot) -> None:
         torch.set_num_threads(1)
         faulthandler.disable()  # a segfault is reported by the parent, with its case
         signal.signal(signal.SIGALRM, _alarm)
+        signal.signal(signal.SIGPROF, _alarm)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
         if opts["mem_cap"]:
             _, hard = resource.getrlimit(resource.RLIMIT_AS)

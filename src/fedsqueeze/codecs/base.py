@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Union
 
@@ -55,12 +56,16 @@ import torch
 
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.seeding import derive_seed
-from fedsqueeze.wire.payload import Header, TensorSpec, pack, unpack
+from fedsqueeze.wire.payload import (Header, Limits, SpecMismatch, TensorSpec, check_entry, expected_map,
+                                     pack, unpack)
 from fedsqueeze.wire.varint import Reader, write_chunk
 
 Tensors = dict[str, torch.Tensor]
 DeviceLike = Union[str, torch.device, int, None]  # what ``decode(device=...)`` accepts
 DEFAULT_MAX_NUMEL = 1 << 27  # 128 M elements (512 MB as fp32) unless the caller says otherwise
+# tensors per payload unless the caller says otherwise (or passes ``expect``): tiny tensors cost ~0.2 ms
+# each to decode with the rotation/bucket codecs, so this bounds a hostile header's 16,000+ to about 1 s
+DEFAULT_MAX_TENSORS = 1 << 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +131,15 @@ class Codec:
         """Encode with a per-sender state (error feedback residuals); stateless codecs ignore it."""
         return self.encode(tensors, seed=seed), state
 
-    def decode(self, data: bytes, *, expect: Sequence[TensorSpec] | None = None,
-               max_numel: int = DEFAULT_MAX_NUMEL, device: DeviceLike = None) -> Tensors:
-        """Decode a payload of this codec. ``expect``: the specs the receiver knows must arrive;
-        ``device``: where the returned tensors go (default: the CPU, where decoding always runs)."""
+    def decode(self, data: bytes, *, expect: Sequence[TensorSpec] | Mapping[str, TensorSpec] | None = None,
+               max_numel: int = DEFAULT_MAX_NUMEL, max_tensors: int = DEFAULT_MAX_TENSORS, max_bytes: int | None = None,
+               device: DeviceLike = None) -> Tensors:
+        """Decode a payload of this codec, bounded by the receiver (see ``wire.payload``): ``expect``, the
+        tensors the receiver knows must arrive (names, shapes, dtypes; any order), refused with
+        ``SpecMismatch`` before anything is allocated; ``max_numel``/``max_tensors``/``max_bytes``, its
+        limits; ``device``: where the returned tensors go (default: the CPU, where decoding always runs)."""
         target = resolve_device(device)
-        header, body = unpack(data)
+        header, body = unpack(data, limits=receiver_limits(max_numel, max_tensors, max_bytes), expect=expect)
         if header.codec_id != self.codec_id:
             raise PayloadError(f"payload was encoded by {header.codec_id!r}, expected {self.codec_id!r}")
         return decode_with(type(self), header, body, expect=expect, max_numel=max_numel, device=target)
@@ -231,28 +239,39 @@ def raw_tensor(chunk: memoryview, spec: TensorSpec) -> torch.Tensor:
     return torch.frombuffer(bytearray(chunk), dtype=spec.dtype).reshape(spec.shape)
 
 
+def receiver_limits(max_numel: int, max_tensors: int = DEFAULT_MAX_TENSORS, max_bytes: int | None = None) -> Limits:
+    """The receiver's ``Limits`` from ``decode``'s keyword arguments (``CodecError`` if one is not a count)."""
+    try:
+        return Limits(max_numel=max_numel, max_tensors=max_tensors, max_bytes=max_bytes)
+    except ValueError as e:
+        raise CodecError(f"decode: {e}") from e
+
+
 def decode_with(cls: type[Codec], header: Header, body: memoryview, *,
-                expect: Sequence[TensorSpec] | None, max_numel: int, device: DeviceLike = None) -> Tensors:
+                expect: Sequence[TensorSpec] | Mapping[str, TensorSpec] | None, max_numel: int,
+                device: DeviceLike = None) -> Tensors:
     """Rebuild the sender's codec from the header's config (validated) and decode the body (on the
     CPU); the tensors are returned on ``device`` (default: the CPU)."""
     target = resolve_device(device)
-    if expect is not None and tuple(header.tensors) != tuple(expect):
-        got = [(s.name, s.shape) for s in header.tensors]
-        want = [(s.name, s.shape) for s in expect]
-        raise PayloadError(f"payload tensors {got[:4]}... do not match the expected {want[:4]}...")
+    want = expected_map(expect)
+    if want is not None:
+        if len(header.tensors) != len(want):
+            raise SpecMismatch(f"payload declares {len(header.tensors)} tensors, expected {len(want)}")
+        for spec in header.tensors:
+            check_entry(spec, want)
     total = sum(s.numel for s in header.tensors)
     if total > max_numel:
         raise PayloadError(f"payload declares {total} elements, more than the allowed {max_numel}")
     try:
         codec = cls.from_payload_config(header.config)
-    except CodecError as e:
+    except (CodecError, ValueError, TypeError, ArithmeticError, RecursionError, MemoryError) as e:
         raise PayloadError(f"payload carries an invalid codec config: {e}") from e
     try:
         values = codec.decode_body(body, header.tensors, header.seed)
     except PayloadError:
         raise
-    except (ValueError, IndexError, RuntimeError, OverflowError, TypeError, KeyError, MemoryError,
-            ZeroDivisionError) as e:  # defensive: a codec bug on hostile input must not escape raw
+    except (ValueError, IndexError, RuntimeError, ArithmeticError, TypeError, KeyError, MemoryError,
+            RecursionError, struct.error) as e:  # defensive: a codec bug on hostile input must not escape raw
         raise PayloadError(f"{cls.codec_id}: malformed body ({type(e).__name__}: {e})") from e
     out: Tensors = {}
     for spec, x in zip(header.tensors, values):

@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from fedsqueeze.codecs.base import DEFAULT_MAX_NUMEL, Codec, DeviceLike, Tensors, host, host_tensors
+from fedsqueeze.codecs.base import (DEFAULT_MAX_NUMEL, DEFAULT_MAX_TENSORS, Codec, DeviceLike, Tensors, host,
+                                    host_tensors)
 from fedsqueeze.errors import CodecError, PayloadError
 from fedsqueeze.wire.payload import TensorSpec
 
@@ -61,9 +62,11 @@ class ErrorFeedback(Codec):
     def encode(self, tensors: Mapping[str, torch.Tensor], *, seed: int = 0) -> bytes:
         return self.codec.encode(tensors, seed=seed)
 
-    def decode(self, data: bytes, *, expect: Sequence[TensorSpec] | None = None,
-               max_numel: int = DEFAULT_MAX_NUMEL, device: DeviceLike = None) -> Tensors:
-        return self.codec.decode(data, expect=expect, max_numel=max_numel, device=device)
+    def decode(self, data: bytes, *, expect: Sequence[TensorSpec] | Mapping[str, TensorSpec] | None = None,
+               max_numel: int = DEFAULT_MAX_NUMEL, max_tensors: int = DEFAULT_MAX_TENSORS, max_bytes: int | None = None,
+               device: DeviceLike = None) -> Tensors:
+        return self.codec.decode(data, expect=expect, max_numel=max_numel, max_tensors=max_tensors,
+                                 max_bytes=max_bytes, device=device)
 
     def decode_body(self, body: memoryview, specs: Sequence[TensorSpec], seed: int) -> list[torch.Tensor]:
         raise PayloadError("a payload names codec 'ef', but error feedback sends the inner codec's payload")

@@ -28,13 +28,13 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from fedsqueeze.codecs.base import Codec, decode_with
-from fedsqueeze.codecs.spec import make_codec, parse_spec
+from fedsqueeze.codecs.spec import MAX_STAGES, SpecLimitError, make_codec, parse_spec
 from fedsqueeze.errors import CodecError, FedsqueezeError, PayloadError
 from fedsqueeze.seeding import derive_seed
-from fedsqueeze.wire.payload import TensorSpec, unpack
+from fedsqueeze.wire.payload import Limits, TensorSpec, unpack
 
 Tensors = dict[str, torch.Tensor]
-NESTED_GROWTH = 4  # a transform's output may declare up to 4x (+64 K) the elements of its input
+NESTED_GROWTH = 4  # a transform's output may declare up to 4x the tensors and 4x (+64 K) the elements of its input
 
 
 @runtime_checkable
@@ -85,6 +85,8 @@ class Pipeline(Codec):
             stages = tuple(s.strip() for s in stages.split("|"))
         if not isinstance(stages, (list, tuple)) or not stages or not all(isinstance(s, str) for s in stages):
             raise CodecError(f"pipeline: stages must be a non-empty list of codec specs, got {self.stages!r}")
+        if len(stages) > MAX_STAGES:  # also from wire headers: checked before any stage is parsed
+            raise SpecLimitError(f"pipeline: {len(stages):,} stages, more than {MAX_STAGES} (the pipeline stage cap)")
         object.__setattr__(self, "stages", tuple(stages))
         codecs = []
         for text in stages:
@@ -125,7 +127,10 @@ class Pipeline(Codec):
     def decode_body(self, body: memoryview, specs: Sequence[TensorSpec], seed: int) -> list[torch.Tensor]:
         one = len(self._codecs) == 1
         tail = self._codecs[0] if one else self._tail()
-        header, inner = unpack(body)
+        total = sum(s.numel for s in specs)
+        # the nested header is the sender's too: at most NESTED_GROWTH x the outer tensors and elements
+        limits = Limits(max_numel=NESTED_GROWTH * total + (1 << 16), max_tensors=NESTED_GROWTH * len(specs))
+        header, inner = unpack(body, limits=limits)
         if header.codec_id != tail.codec_id:
             raise PayloadError(f"pipeline: nested payload is {header.codec_id!r}, expected {tail.codec_id!r}")
         try:
@@ -134,7 +139,6 @@ class Pipeline(Codec):
             raise PayloadError(f"pipeline: nested payload carries an invalid config: {e}") from e
         if not same:
             raise PayloadError(f"pipeline: nested {tail.codec_id!r} config {header.config} differs from the stage's")
-        total = sum(s.numel for s in specs)
         nested = decode_with(type(tail), header, inner, expect=None,
                              max_numel=NESTED_GROWTH * total + (1 << 16))
         tensors = nested if one else self._codecs[0].inverse(nested, specs)

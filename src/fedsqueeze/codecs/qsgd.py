@@ -112,9 +112,12 @@ class QSGD(Codec):
 
     def decode_tensor(self, data: memoryview, shape: tuple[int, ...], seed: int) -> torch.Tensor:
         d = sparse.numel(shape)
+        # the bucket comes from the sender's header: one longer than the tensor is the whole tensor (the
+        # same single norm), so nothing beyond the tensor's own size is allocated (below 2 d values)
+        bucket = min(self.bucket, d)
         r = Reader(data)
         nnz = r.varint(limit=d)
-        norms = np.frombuffer(r.take(4 * -(-d // self.bucket)), dtype="<f4")
+        norms = np.frombuffer(r.take(4 * -(-d // bucket)), dtype="<f4")
         if not (np.isfinite(norms).all() and (norms >= 0).all()):
             raise PayloadError("qsgd: bucket norm is negative or not finite")
         gaps, neg, level = decode_qsgd_records(r.take(r.remaining()), nnz)
@@ -125,8 +128,8 @@ class QSGD(Codec):
         if nnz and pos[-1] >= d:
             raise PayloadError(f"qsgd: position {int(pos[-1])} beyond a tensor of {d}")
         np.negative(level, out=level, where=neg.astype(bool))
-        out = np.zeros(len(norms) * self.bucket, dtype=np.float32)
+        out = np.zeros(len(norms) * bucket, dtype=np.float32)
         out[pos] = level
-        grid = out.reshape(len(norms), self.bucket)
+        grid = out.reshape(len(norms), bucket)
         grid *= (norms.astype(np.float64) / self.levels).astype(np.float32)[:, None]
         return torch.from_numpy(out[:d])

@@ -38,7 +38,7 @@ from fedsqueeze.engine.run_state import RunState
 from fedsqueeze.engine.runtime import (COMPUTE_KEY, ClientFailure, Runtime, failure_of, host_copy, payload_seed,
                                        run_client_safely)
 from fedsqueeze.engine.sampling import clients_per_round, sample_clients
-from fedsqueeze.engine.validation import Rejection, TooFewReplies, admit
+from fedsqueeze.engine.validation import Rejection, TooFewReplies, admit, expected_specs
 from fedsqueeze.errors import ConfigError, DataError, FedsqueezeError
 from fedsqueeze.metrics.results import Result, RunWriter
 from fedsqueeze.registry import DATASETS
@@ -213,7 +213,8 @@ class Simulation(RunState):
         expected = self.algo.upload_spec(rnd, step, down_msgs)
 
         def decode_up(kind: str, payload: bytes) -> dict:
-            return self.algo.codec(kind, "up", rnd).decode(payload, max_numel=self._max_numel)
+            return self.algo.codec(kind, "up", rnd).decode(payload, max_numel=self._max_numel,
+                                                           expect=expected_specs(kind, expected))
 
         self._staged, self._failed = {}, {}
         max_norm = self.cfg.engine.max_update_norm

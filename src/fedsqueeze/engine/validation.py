@@ -6,6 +6,10 @@ messages differ from what the algorithm expects (``Algorithm.upload_spec``: kind
 shapes, dtypes), a value is NaN/Inf, or the L2 norm of a message exceeds ``engine.max_update_norm``.
 The norm is taken per message kind over all of its decoded tensors, ``sqrt(sum_t sum_i t_i^2)``
 (in float64), so e.g. SCAFFOLD's ``update`` and ``control`` are bounded separately.
+
+The expected tensors also go into ``decode`` (``expected_specs``): a payload whose header declares
+other names, shapes, dtypes or more tensors is refused while the header is read, before anything is
+allocated (``wire.payload.SpecMismatch``), and rejected with check ``spec`` as if it had been decoded.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 
 from fedsqueeze.algorithms.base import Reply, UploadSpec
 from fedsqueeze.errors import CodecError, FedsqueezeError, PayloadError
+from fedsqueeze.wire.payload import SpecMismatch, TensorSpec
 
 
 class TooFewReplies(FedsqueezeError):
@@ -75,6 +80,14 @@ def check_spec(kind: str, tensors: dict[str, torch.Tensor], expected: UploadSpec
     return None
 
 
+def expected_specs(kind: str, expected: UploadSpec | None) -> dict[str, TensorSpec] | None:
+    """The tensors the server expects in message ``kind`` as ``TensorSpec``s, passed into ``decode`` so a
+    payload declaring others is refused while its header is read, before anything is allocated."""
+    if expected is None or kind not in expected:
+        return None
+    return {name: TensorSpec(name, tuple(shape), dtype) for name, (shape, dtype) in expected[kind].items()}
+
+
 def check_values(kind: str, tensors: dict[str, torch.Tensor], max_norm: float) -> tuple[str, str] | None:
     """(check, reason) if a value is NaN/Inf or the message's L2 norm exceeds ``max_norm`` (0 = no bound).
 
@@ -127,6 +140,8 @@ def admit(rnd: int, step: int, client: int, ups: dict[str, bytes], n: Any, metri
     for kind, p in ups.items():
         try:
             decoded[kind] = decode(kind, p)
+        except SpecMismatch as e:  # refused from its header (``expected_specs`` passed into decode)
+            return Rejection(rnd, step, client, "spec", f"message {kind!r}: {e.detail}")
         except (PayloadError, CodecError) as e:
             return Rejection(rnd, step, client, "decode", f"message {kind!r} does not decode: {e}")
         why = check_spec(kind, decoded[kind], expected)

@@ -20,6 +20,22 @@ Header::
 
 A payload is decoded only after its length fields and CRC check out; declared shapes are
 bounded (``MAX_NUMEL``) before anything is allocated. Every failure raises ``PayloadError``.
+
+Bounded by the receiver, not the sender (issue #22): ``unpack`` takes the receiver's ``Limits`` (most
+payload bytes, elements and tensors it accepts) and, optionally, the tensors it *expects*
+(``expect``: the names, shapes and dtypes it holds for that message). The length is checked before
+the CRC is computed; the tensor count before any tensor entry is read; every entry is compared with
+the expected one as soon as it is read (``SpecMismatch``, a ``PayloadError``), so a payload that
+declares other tensors is refused before the codec is even built. Exact integer bounds of the
+header, each checked with ``>`` (the bound itself is valid)::
+
+    seed         0 .. MAX_SEED = 2**63 - 1   (what ``seeding.derive_seed`` can hash)
+    codec id     0 .. 255 bytes (u8)           config   0 .. bytes left in the header
+    tensors      0 .. min(limits.max_tensors, bytes left / 3)   (an entry takes at least 3 bytes;
+                 with ``expect``: exactly as many as expected)
+    name         0 .. 255 bytes (u8)           dtype    a code of ``DTYPES``
+    ndim         0 .. MAX_NDIM = 8             dim      0 .. MAX_NUMEL = 2**31
+    elements     sum of the shapes' products 0 .. min(MAX_NUMEL, limits.max_numel)
 """
 from __future__ import annotations
 
@@ -27,6 +43,7 @@ import json
 import math
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +59,9 @@ _CRC = struct.Struct("<I")
 OVERHEAD = _PREFIX.size + _CRC.size
 MAX_NDIM = 8
 MAX_NUMEL = 1 << 31  # per payload; a declared shape beyond this is rejected before allocation
+MAX_SEED = (1 << 63) - 1  # seeds are hashed as signed 64-bit integers (``seeding.derive_seed``)
+MAX_TENSORS = 1 << 16  # more entries than a 65,535-byte header can hold (3 bytes each at least)
+MIN_ENTRY = 3  # name length, dtype code, ndim: the smallest tensor entry in bytes
 
 DTYPES: dict[int, torch.dtype] = {
     1: torch.float32, 2: torch.float16, 3: torch.bfloat16, 4: torch.float64,
@@ -67,6 +87,57 @@ class TensorSpec:
         return cls(name, tuple(tensor.shape), tensor.dtype)
 
 
+class SpecMismatch(PayloadError):
+    """The payload declares other tensors than the receiver expects (names, shapes or dtypes);
+    ``detail`` says which, without the preamble."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"payload tensors do not match the expected ones: {detail}")
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a receiver accepts in one payload: at most ``max_bytes`` bytes (None: any length the frame
+    allows), ``max_numel`` elements and ``max_tensors`` tensors. Checked while the frame and header are
+    read, before anything the header declares is allocated."""
+
+    max_numel: int = MAX_NUMEL
+    max_tensors: int = MAX_TENSORS
+    max_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_numel", "max_tensors", "max_bytes"):
+            v = getattr(self, name)
+            if v is None and name == "max_bytes":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"Limits.{name} must be an integer >= 0, got {v!r}")
+
+
+def expected_map(expect) -> dict[str, TensorSpec] | None:
+    """The receiver's expected tensors by name (from a sequence of ``TensorSpec`` or a mapping)."""
+    if expect is None:
+        return None
+    if isinstance(expect, Mapping):
+        return dict(expect)
+    return {s.name: s for s in expect}
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return str(tuple(shape))
+
+
+def check_entry(spec: TensorSpec, want: dict[str, TensorSpec]) -> None:
+    """``SpecMismatch`` unless ``spec`` is one of the expected tensors, with the same shape and dtype."""
+    w = want.get(spec.name)
+    if w is None:
+        raise SpecMismatch(f"unexpected tensors {[spec.name]}")
+    if tuple(w.shape) != spec.shape or w.dtype != spec.dtype:
+        raise SpecMismatch(f"tensor {spec.name!r} is {_shape_str(spec.shape)} {spec.dtype}, expected "
+                           f"{_shape_str(w.shape)} {w.dtype}")
+
+
 @dataclass(frozen=True)
 class Header:
     codec_id: str
@@ -80,6 +151,8 @@ def _encode_header(h: Header) -> bytes:
     cid = h.codec_id.encode("ascii")
     out.append(len(cid))
     out += cid
+    if isinstance(h.seed, bool) or not isinstance(h.seed, int) or not 0 <= h.seed <= MAX_SEED:
+        raise PayloadError(f"seed {h.seed!r} is outside 0..2**63-1")
     out += encode_varint(h.seed)
     cfg = json.dumps(h.config, separators=(",", ":"), sort_keys=True).encode() if h.config else b""
     out += encode_varint(len(cfg))
@@ -98,13 +171,14 @@ def _encode_header(h: Header) -> bytes:
     return bytes(out)
 
 
-def _decode_header(buf: memoryview) -> Header:
+def _decode_header(buf: memoryview, limits: Limits = Limits(), expect=None) -> Header:
+    want = expected_map(expect)
     r = Reader(buf)
     try:
         codec_id = bytes(r.take(r.u8())).decode("ascii")
     except UnicodeDecodeError as e:
         raise PayloadError("codec id is not ASCII") from e
-    seed = r.varint()
+    seed = r.varint(limit=MAX_SEED)
     cfg_bytes = r.chunk()
     try:
         config = json.loads(bytes(cfg_bytes)) if len(cfg_bytes) else {}
@@ -112,7 +186,15 @@ def _decode_header(buf: memoryview) -> Header:
         raise PayloadError(f"codec config is not valid JSON: {e}") from e
     if not isinstance(config, dict):
         raise PayloadError("codec config must be a JSON object")
-    count = r.varint(limit=r.remaining())
+    # the count is checked before any entry is read: against the expected tensors when the receiver
+    # knows them (its expectation replaces the generic cap), else against its cap
+    count = r.varint(limit=min(MAX_TENSORS, r.remaining() // MIN_ENTRY))
+    if want is None and count > limits.max_tensors:
+        raise PayloadError(f"payload declares {count} tensors, more than the receiver's limit of "
+                           f"{limits.max_tensors} (max_tensors)")
+    if want is not None and count != len(want):
+        raise SpecMismatch(f"payload declares {count} tensors, expected {len(want)}")
+    max_numel = limits.max_numel
     specs = []
     names: set[str] = set()
     total = 0
@@ -134,7 +216,13 @@ def _decode_header(buf: memoryview) -> Header:
         total += math.prod(shape)
         if total > MAX_NUMEL:
             raise PayloadError(f"payload declares more than {MAX_NUMEL} elements")
-        specs.append(TensorSpec(name, shape, DTYPES[code]))
+        if total > max_numel:
+            raise PayloadError(f"payload declares at least {total} elements, more than the allowed "
+                               f"{max_numel}")
+        spec = TensorSpec(name, shape, DTYPES[code])
+        if want is not None:
+            check_entry(spec, want)
+        specs.append(spec)
     r.expect_end()
     return Header(codec_id, seed, config, tuple(specs))
 
@@ -157,10 +245,12 @@ def pack(header: Header, body: bytes) -> bytes:
     return b"".join((head, body, _CRC.pack(crc)))  # the body is copied once
 
 
-def _frame(data: bytes | bytearray | memoryview) -> tuple[memoryview, memoryview]:
+def _frame(data: bytes | bytearray | memoryview, max_bytes: int | None = None) -> tuple[memoryview, memoryview]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise PayloadError(f"a payload must be bytes, got {type(data).__name__}")
     view = memoryview(data)
+    if max_bytes is not None and view.nbytes > max_bytes:
+        raise PayloadError(f"payload of {view.nbytes} bytes exceeds the receiver's limit of {max_bytes}")
     if len(view) < OVERHEAD:
         raise PayloadError(f"payload of {len(view)} bytes is shorter than the {OVERHEAD}-byte frame")
     magic, version, hlen, blen = _PREFIX.unpack_from(view, 0)
@@ -178,10 +268,16 @@ def _frame(data: bytes | bytearray | memoryview) -> tuple[memoryview, memoryview
     return view[start:start + hlen], view[start + hlen:start + hlen + blen]
 
 
-def unpack(data: bytes | bytearray | memoryview) -> tuple[Header, memoryview]:
-    """Check the frame and CRC, parse the header; return it with the (still encoded) body."""
-    hview, body = _frame(data)
-    return _decode_header(hview), body
+def unpack(data: bytes | bytearray | memoryview, *, limits: Limits | None = None,
+           expect=None) -> tuple[Header, memoryview]:
+    """Check the frame and CRC, parse the header; return it with the (still encoded) body.
+
+    ``limits``: the receiver's ``Limits`` (default: only the format's own bounds); ``expect``: the
+    tensors the receiver expects (``TensorSpec`` sequence or name -> spec mapping, order free), else
+    ``SpecMismatch`` as soon as the header differs."""
+    limits = limits or Limits()
+    hview, body = _frame(data, limits.max_bytes)
+    return _decode_header(hview, limits, expect), body
 
 
 def peek_codec(data: bytes) -> str:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from fedsqueeze.errors import PayloadError
 
+MAX_VALUE = (1 << 63) - 1  # the default bound of a decoded varint: it fits a signed 64-bit integer
+
 
 def encode_varint(value: int) -> bytes:
     if value < 0:
@@ -41,7 +43,9 @@ class Reader:
     def u8(self) -> int:
         return self.take(1)[0]
 
-    def varint(self, limit: int = 1 << 63) -> int:
+    def varint(self, limit: int = MAX_VALUE) -> int:
+        """The next varint; ``PayloadError`` if it is above ``limit`` (the limit itself is valid), takes
+        more than 10 bytes or overruns the buffer."""
         shift = 0
         value = 0
         for _ in range(10):
