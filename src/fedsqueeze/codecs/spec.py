@@ -80,7 +80,7 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
                 if kw.arg is None:
                     raise CodecError(f"codec spec {_short(text)}: '**' is not allowed in a codec spec; {how}")
                 if kw.arg in params:
-                    raise CodecError(f"codec spec {_short(text)}: option {kw.arg!r} is given twice; {how}")
+                    raise CodecError(f"cannot parse the options of codec spec {_short(text)}: option {kw.arg!r} is given twice; {how}")
                 params[kw.arg] = _literal(kw.value)
         except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
             raise CodecError(f"cannot parse the options of codec spec {_short(text)}: {how}") from e
