@@ -145,7 +145,10 @@ class Codec:
         return decode_with(type(self), header, body, expect=expect, max_numel=max_numel, device=target)
 
     # ---- hooks -------------------------------------------------------------------------------
-    def encode_body(self, values: list[torch.Tensor], specs: Sequence[TensorSpec], seed: int) -> bytes:
+    def encode_body(self, values: list[torch.Tensor], specs: Sequence[TensorSpec], seed: int,
+                    per_tensor: Mapping[int, dict] | None = None) -> bytes:
+        """One length-prefixed chunk per tensor; ``per_tensor[i]``: extra keyword arguments of
+        ``encode_tensor`` for tensor i (e.g. rdq's per-layer step)."""
         out = bytearray()
         for i, (spec, x) in enumerate(zip(specs, values)):
             if not spec.numel:
@@ -153,7 +156,7 @@ class Codec:
             elif not x.is_floating_point():
                 chunk = x.numpy().tobytes()
             else:
-                chunk = self.encode_tensor(x, derive_seed(seed, i))
+                chunk = self.encode_tensor(x, derive_seed(seed, i), **((per_tensor or {}).get(i, {})))
             write_chunk(out, chunk)
         return out  # type: ignore[return-value]  # a bytearray: ``pack`` copies it once into the payload
 

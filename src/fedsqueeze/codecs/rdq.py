@@ -229,16 +229,7 @@ class RDQ(Codec):
         from fedsqueeze.codecs.rdq_alloc import rd_units
 
         units = rd_units(self, values, seed)  # per float tensor: the step at the common R–D slope
-        out = bytearray()
-        for i, (spec, x) in enumerate(zip(specs, values)):
-            if not spec.numel:
-                chunk = b""
-            elif not x.is_floating_point():
-                chunk = x.numpy().tobytes()
-            else:
-                chunk = self.encode_tensor(x, derive_seed(seed, i), unit=units[i])
-            write_chunk(out, chunk)
-        return bytes(out)
+        return super().encode_body(values, specs, seed, per_tensor={i: {"unit": u} for i, u in units.items()})
 
     def encode_tensor(self, x: torch.Tensor, seed: int, unit: float | None = None) -> bytes:
         shape = tuple(x.shape)
