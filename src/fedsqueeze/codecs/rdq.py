@@ -85,8 +85,7 @@ from fedsqueeze.codecs.base import Codec, host_tensors
 from fedsqueeze.codecs.entropy import decode_symbols, encode_symbols
 from fedsqueeze.codecs.rdq_gamma import gamma_decode, gamma_encode
 from fedsqueeze.errors import CodecError, PayloadError
-from fedsqueeze.seeding import derive_seed
-from fedsqueeze.wire.varint import Reader, encode_varint, write_chunk
+from fedsqueeze.wire.varint import Reader, encode_varint
 
 ROUNDINGS = ("deterministic", "stochastic", "dither")
 CODERS = ("gamma", "ans", "ctx")
