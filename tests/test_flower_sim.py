@@ -24,6 +24,17 @@ def test_federation_config_items():
         "num-supernodes=2", 'backend="ray"', "client-resources-num-cpus=1", "client-resources-num-gpus=0.5"]
 
 
+def test_private_cluster_never_joins_a_stale_ray_current_cluster(tmp_path, monkeypatch):
+    """Without --ray-address, RAY_ADDRESS=local: ray.init() would otherwise join the cluster named in
+    /tmp/ray/ray_current_cluster, which outlives an uncleanly stopped `ray start` and then hangs forever."""
+    from fedsqueeze.flower.sim import SimFederation
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6379")  # the user's shell must not leak into a private run
+    assert SimFederation(tmp_path, 2, log=lambda *a: None).env()["RAY_ADDRESS"] == "local"
+    joined = SimFederation(tmp_path, 2, ray_address="10.0.0.1:6379", log=lambda *a: None).env()
+    assert joined["RAY_ADDRESS"] == "10.0.0.1:6379"
+
+
 def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(MissingExtraError, match=r"pip install 'fedsqueeze\[sim\]'"):
@@ -48,7 +59,6 @@ def test_bad_arguments_are_one_line_errors_before_anything_starts(tmp_path, caps
 
 @pytest.mark.slow
 @pytest.mark.flower
-@pytest.mark.skip(reason="exits 2 on main after the 2026-12-04 merges (passed on its branch); open in issue #21")
 def test_flower_simulation_engine_moves_the_embedded_engines_bytes(tmp_path, digits, capsys):
     """Two FedAvg rounds, top-k up and fp16 down, 3 clients: embedded engine vs `fedsqueeze flower sim` on
     Ray. ledger.csv is equal byte for byte; the metrics of every round are equal (both engines train each

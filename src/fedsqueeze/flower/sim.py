@@ -11,7 +11,8 @@ Resources (Flower's ``client-resources``): ``num_cpus``/``num_gpus`` per ClientA
 ClientApps at once as the resources allow). ``ray_address`` joins an existing Ray cluster (``ray start
 --head`` on one machine, ``ray start --address=HEAD:6379`` on the others): it is handed to Ray as
 ``RAY_ADDRESS``, which ``ray.init()`` reads; without it Ray starts a private single-machine cluster that
-is stopped with the run. Every process started (SuperLink, ``flwr-simulation``, Ray's local cluster) is
+is stopped with the run (``RAY_ADDRESS=local``, so a stale ``/tmp/ray/ray_current_cluster`` left by an
+uncleanly stopped ``ray start`` is never joined). Every process started (SuperLink, ``flwr-simulation``, Ray's local cluster) is
 stopped on exit, on errors and on Ctrl-C, as in ``local``.
 """
 from __future__ import annotations
@@ -65,9 +66,10 @@ class SimFederation(LocalFederation):
 
     def env(self) -> dict[str, str]:
         env = super().env()
-        env.pop("RAY_ADDRESS", None)
-        if self.ray_address:
-            env["RAY_ADDRESS"] = self.ray_address
+        # Without an address ray.init() joins the cluster named in /tmp/ray/ray_current_cluster, a file
+        # that outlives a `ray start` cluster stopped uncleanly: it then waits forever for a dead GCS.
+        # "local" makes it start the private cluster this command promises.
+        env["RAY_ADDRESS"] = self.ray_address or "local"
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         return env
 
