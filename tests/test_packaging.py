@@ -1,5 +1,6 @@
 """Packaging: presets shipped as package data (in sync with configs/), optional extras with one-line
-errors, a CLI that starts without torch, and a wheel that installs and runs outside the checkout."""
+errors, a CLI that starts without torch, and a wheel that installs into a fresh virtual environment and
+runs a preset by name through its console script outside the checkout."""
 from __future__ import annotations
 
 import os
@@ -163,17 +164,26 @@ def test_wheel_contents_and_run_outside_checkout(tmp_path):  # ~9 s: not marked 
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
     assert "Provides-Extra: digits" in meta and "Provides-Extra: plots" in meta
 
-    # installed without its dependencies into a folder of its own (they come from this environment),
-    # then run by preset name from a directory with no configs/ and no checkout on sys.path
-    target, work = tmp_path / "site", tmp_path / "elsewhere"
+    # installed into a fresh virtual environment (its own interpreter, site-packages and console script);
+    # its dependencies come from this environment through one .pth line (a path line: the checkout's
+    # editable-install .pth files there are not processed), then run by preset name from a folder with no
+    # configs/ and no checkout on sys.path
+    venv, work = tmp_path / "venv", tmp_path / "elsewhere"
     work.mkdir()
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--disable-pip-version-check",
-                    "--target", str(target), str(wheel)], check=True, timeout=300)
-    env = {**os.environ, "PYTHONPATH": str(target)}
-    p = subprocess.run([sys.executable, "-c", "import fedsqueeze, sys; print(fedsqueeze.__file__)"],
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q",
+                    "--disable-pip-version-check", str(wheel)], check=True, timeout=300)
+    import sysconfig
+
+    Path(purelib, "_deps_from_test_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    p = subprocess.run([str(py), "-c", "import fedsqueeze, sys; print(fedsqueeze.__file__)"],
                        capture_output=True, text=True, cwd=work, env=env, timeout=60)
-    assert p.stdout.strip().startswith(str(target)), p.stdout + p.stderr  # not the checkout's copy
-    p = subprocess.run([sys.executable, "-m", "fedsqueeze", "run", "digits-quick", "--set", "rounds=1", "--quiet",
+    assert p.stdout.strip().startswith(purelib), p.stdout + p.stderr  # the wheel's copy, not the checkout's
+    p = subprocess.run([str(venv / "bin" / "fedsqueeze"), "run", "digits-quick", "--set", "rounds=1", "--quiet",
                         "--workers", "0", "--out", str(work / "run")], capture_output=True, text=True, cwd=work,
                        env=env, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr

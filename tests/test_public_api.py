@@ -380,12 +380,15 @@ def test_every_export_exists_and_is_documented():
         assert f"`{name}" in doc, f"{name} missing from docs/api.md"
 
 
-@pytest.mark.parametrize("script", ["own_model_and_data.py", "own_codec.py"])
+@pytest.mark.parametrize("script", ["own_model_and_data.py", "own_codec.py", "own_algorithm.py"])
 def test_examples_run(tmp_path, script):
     out = subprocess.run([sys.executable, str(ROOT / "examples" / script), str(tmp_path / "runs")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120, env=_env())
     assert out.returncode == 0, out.stderr[-2000:]
     assert "accuracy" in out.stdout
+    if script == "own_algorithm.py":  # server momentum 0 is FedAvg exactly; 0.7 changes the model
+        lines = [ln.split(": ", 1)[1] for ln in out.stdout.splitlines() if "accuracy" in ln]
+        assert len(lines) == 3 and lines[0] == lines[1] and lines[2] != lines[0], out.stdout
 
 
 def test_codec_object_run_resumes_from_the_command_line(tmp_path):
