@@ -43,6 +43,14 @@ def put(name: str, data: bytes | str) -> Callable[[Path], None]:
     return lambda run: (run / name).write_bytes(raw)
 
 
+def as_folder(name: str) -> Callable[[Path], None]:
+    """Replace a run's file ``name`` by an empty folder of that name."""
+    def change(run: Path) -> None:
+        (run / name).unlink()
+        (run / name).mkdir()
+    return change
+
+
 def edit_config(section: str, key: str, value: object) -> Callable[[Path], None]:
     """Change one key of a run's config.json (as a careless or hostile hand would)."""
     def edit(run: Path) -> None:
