@@ -17,24 +17,23 @@ from fedsqueeze.errors import (CodecError, ConfigError, DataError, FedsqueezeErr
                                PayloadError, RegistryError)
 
 __version__ = "0.1.0"
-# name -> module that defines it, imported on first use
-_LAZY = {
-    "run": "fedsqueeze.api", "resume": "fedsqueeze.api",
-    "Config": "fedsqueeze.config", "load_config": "fedsqueeze.config",
-    "Result": "fedsqueeze.metrics.results",
-    "register_model": "fedsqueeze.plugins", "register_codec": "fedsqueeze.plugins",
-    "register_algorithm": "fedsqueeze.plugins", "register_dataset": "fedsqueeze.plugins",
-    "register_partitioner": "fedsqueeze.plugins", "unregister": "fedsqueeze.plugins",
-    "registered": "fedsqueeze.plugins", "register_loss": "fedsqueeze.plugins",
-    "register_metric": "fedsqueeze.plugins", "Callback": "fedsqueeze.callbacks",
-    "FederatedData": "fedsqueeze.data.federated",
-    "Dataset": "fedsqueeze.data.sources",
-    "Partition": "fedsqueeze.data.partition", "make_partition": "fedsqueeze.data.partition",
-    "iid": "fedsqueeze.data.partition", "dirichlet": "fedsqueeze.data.partition",
-    "shards": "fedsqueeze.data.partition", "natural": "fedsqueeze.data.partition",
-    "Codec": "fedsqueeze.codecs.base", "make_codec": "fedsqueeze.codecs.spec",
-    "Algorithm": "fedsqueeze.algorithms.base", "build_model": "fedsqueeze.models.zoo",
+# module -> the names it defines, each imported on first use
+_LAZY_FROM = {
+    "fedsqueeze.api": "run resume",
+    "fedsqueeze.config": "Config load_config",
+    "fedsqueeze.metrics.results": "Result",
+    "fedsqueeze.plugins": "register_model register_codec register_algorithm register_dataset register_partitioner "
+                          "unregister registered register_loss register_metric",
+    "fedsqueeze.callbacks": "Callback",
+    "fedsqueeze.data.federated": "FederatedData",
+    "fedsqueeze.data.sources": "Dataset",
+    "fedsqueeze.data.partition": "Partition make_partition iid dirichlet shards natural",
+    "fedsqueeze.codecs.base": "Codec",
+    "fedsqueeze.codecs.spec": "make_codec",
+    "fedsqueeze.algorithms.base": "Algorithm",
+    "fedsqueeze.models.zoo": "build_model",
 }
+_LAZY = {name: module for module, names in _LAZY_FROM.items() for name in names.split()}  # name -> its module
 __all__ = [
     # running
     "run", "resume", "Config", "load_config", "Result",

@@ -219,6 +219,29 @@ def _check_option_types(name: str, params_cls: type, raw: dict) -> None:
                               f"{kind[1]}, not {type(value).__name__}")
 
 
+def is_number(value: Any) -> bool:
+    """An int or a float (a bool is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_options(params: Any, checks: list[tuple[str, bool, str]]) -> None:
+    """``checks``: ``(key, ok, allowed)`` per option of ``params`` (a ``Params`` dataclass); the first that is not
+    ok is one ConfigError line, ``algorithm.KEY = VALUE is invalid: it must be ALLOWED``."""
+    for key, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"algorithm.{key} = {getattr(params, key)!r} is invalid: it must be {allowed}")
+
+
+def client_model(ctx: ClientContext, weights: Tensors) -> tuple[nn.Module, list[nn.Parameter]]:
+    """The client's model holding ``weights``, in training mode, torch seeded with the client's seed (stochastic
+    layers reproducible); and its trainable parameters, for algorithms that take their own gradient steps."""
+    model = ctx.model()
+    load_float_state(model, weights)
+    model.train()
+    torch.manual_seed(ctx.seed)
+    return model, [p for p in model.parameters() if p.requires_grad]
+
+
 def float_state(model: nn.Module) -> Tensors:
     """The communicated part of a model: its floating-point state_dict entries (detached clones)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}

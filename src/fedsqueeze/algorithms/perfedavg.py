@@ -35,11 +35,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedsqueeze.algorithms.base import ClientContext, Messages, Reply, add, float_state, load_float_state, sub
-from fedsqueeze.algorithms.base import weighted_mean
+from fedsqueeze.algorithms.base import (ClientContext, Messages, Reply, add, check_options, client_model, float_state,
+                                        is_number, sub, weighted_mean)
 from fedsqueeze.algorithms.context import ClientData
 from fedsqueeze.algorithms.fedavg import FedAvg
-from fedsqueeze.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -50,17 +49,10 @@ class PerFedAvgParams:
     weighting: str = "uniform"     # uniform (the paper) | samples (n_i)
 
     def __post_init__(self) -> None:
-        checks = [("alpha", _number(self.alpha) and self.alpha > 0, "a number > 0"),
-                  ("variant", self.variant in ("hf", "fo"), "'hf' or 'fo'"),
-                  ("delta", _number(self.delta) and self.delta > 0, "a number > 0"),
-                  ("weighting", self.weighting in ("uniform", "samples"), "'uniform' or 'samples'")]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"algorithm.{key} = {getattr(self, key)!r} is invalid: it must be {allowed}")
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+        check_options(self, [("alpha", is_number(self.alpha) and self.alpha > 0, "a number > 0"),
+                             ("variant", self.variant in ("hf", "fo"), "'hf' or 'fo'"),
+                             ("delta", is_number(self.delta) and self.delta > 0, "a number > 0"),
+                             ("weighting", self.weighting in ("uniform", "samples"), "'uniform' or 'samples'")])
 
 
 def _grad(model: nn.Module, params: list[nn.Parameter], at: list[torch.Tensor], xb: torch.Tensor,
@@ -82,11 +74,7 @@ class PerFedAvg(FedAvg):
     adapts = True  # the engine calls ``adapt`` before evaluating a client's personal model
 
     def client_update(self, ctx: ClientContext, down: Messages, state: dict | None) -> Reply:
-        model = ctx.model()
-        load_float_state(model, down["model"])
-        model.train()
-        torch.manual_seed(ctx.seed)
-        params = [p for p in model.parameters() if p.requires_grad]
+        model, params = client_model(ctx, down["model"])
         w = [p.detach().clone() for p in params]
         a, b, per_step = self.p.alpha, ctx.train.lr, 3 if self.p.variant == "hf" else 2
         group, total, steps = [], 0.0, 0

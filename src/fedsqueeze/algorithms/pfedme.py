@@ -30,10 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from fedsqueeze.algorithms.base import ClientContext, Messages, Reply, add, float_state, load_float_state, sub
-from fedsqueeze.algorithms.base import weighted_mean
+from fedsqueeze.algorithms.base import (ClientContext, Messages, Reply, add, check_options, client_model, float_state,
+                                        is_number, sub, weighted_mean)
 from fedsqueeze.algorithms.fedavg import FedAvg
-from fedsqueeze.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -45,18 +44,12 @@ class PFedMeParams:
     weighting: str = "uniform"      # uniform (the paper's 1/S) | samples (n_i)
 
     def __post_init__(self) -> None:
-        checks = [("lam", _number(self.lam) and self.lam > 0, "a number > 0"),
-                  ("K", isinstance(self.K, int) and not isinstance(self.K, bool) and self.K >= 1, "an integer >= 1"),
-                  ("personal_lr", _number(self.personal_lr) and self.personal_lr > 0, "a number > 0"),
-                  ("beta", _number(self.beta) and self.beta > 0, "a number > 0"),
-                  ("weighting", self.weighting in ("uniform", "samples"), "'uniform' or 'samples'")]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"algorithm.{key} = {getattr(self, key)!r} is invalid: it must be {allowed}")
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+        check_options(self, [("lam", is_number(self.lam) and self.lam > 0, "a number > 0"),
+                             ("K", isinstance(self.K, int) and not isinstance(self.K, bool) and self.K >= 1,
+                              "an integer >= 1"),
+                             ("personal_lr", is_number(self.personal_lr) and self.personal_lr > 0, "a number > 0"),
+                             ("beta", is_number(self.beta) and self.beta > 0, "a number > 0"),
+                             ("weighting", self.weighting in ("uniform", "samples"), "'uniform' or 'samples'")])
 
 
 class PFedMe(FedAvg):
@@ -67,12 +60,7 @@ class PFedMe(FedAvg):
     vectorizable = False
 
     def client_update(self, ctx: ClientContext, down: Messages, state: dict | None) -> Reply:
-        model = ctx.model()
-        load_float_state(model, down["model"])
-        model.train()
-        torch.manual_seed(ctx.seed)
-        params = [p for p in model.parameters() if p.requires_grad]
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        model, params = client_model(ctx, down["model"])
         w = [p.detach().clone() for p in params]          # the local copy of the global model
         theta = [p.detach().clone() for p in params]      # the personalised model, warm-started
         lam, eta, rho = self.p.lam, ctx.train.lr, self.p.personal_lr

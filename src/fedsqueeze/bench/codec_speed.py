@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -38,14 +39,30 @@ def update_like(params: int, seed: int = 0) -> torch.Tensor:
     return w * (0.01 / float(w.double().square().mean().sqrt()))
 
 
+@contextmanager
+def _one_thread():
+    """torch on one thread inside, the thread count as it was after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _row(codec: str, params: int, bits_per_param: float, enc: list[float], dec: list[float]) -> dict:
+    """A table row: fp32 MB/s (4 bytes a parameter) over the median encode and decode times."""
+    mb = 4 * params / 1e6
+    return {"codec": codec, "params": params, "bits_per_param": bits_per_param,
+            "encode_MBps": mb / statistics.median(enc), "decode_MBps": mb / statistics.median(dec)}
+
+
 def measure(params: int = 10_000_000, repeats: int = 3, specs: list[str] | None = None) -> list[dict]:
     """Rows of (codec, bits/param, encode MB/s, decode MB/s) on one update-like tensor of ``params`` values."""
     x = {"w": update_like(params)}
     n = x["w"].numel()
     codecs = [(s, make_codec(s)) for s in (specs or SPECS)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_thread():
         payloads = {s: c.encode(x, seed=0) for s, c in codecs}
         for s, c in codecs:
             if not torch.equal(c.decode(payloads[s])["w"], c.decode(c.encode(x, seed=0))["w"]):
@@ -61,12 +78,7 @@ def measure(params: int = 10_000_000, repeats: int = 3, specs: list[str] | None 
                 t2 = time.perf_counter()
                 enc[s].append(t1 - t0)
                 dec[s].append(t2 - t1)
-    finally:
-        torch.set_num_threads(threads)
-    mb = 4 * n / 1e6
-    return [{"codec": s, "params": n, "bits_per_param": 8 * len(payloads[s]) / n,
-             "encode_MBps": mb / statistics.median(enc[s]), "decode_MBps": mb / statistics.median(dec[s])}
-            for s, _ in codecs]
+    return [_row(s, n, 8 * len(payloads[s]) / n, enc[s], dec[s]) for s, _ in codecs]
 
 
 def constriction_only(params: int = 10_000_000, repeats: int = 3) -> list[dict]:
@@ -85,39 +97,28 @@ def constriction_only(params: int = 10_000_000, repeats: int = 3) -> list[dict]:
     model = _model(np.bincount(index))
     stack, queue = constriction.stream.stack, constriction.stream.queue
 
-    def ans():
-        coder = stack.AnsCoder()
-        coder.encode_reverse(index, model)
+    def round_trip(encoder, encode: str, decoder) -> float:
+        """Encode the symbols (``encode``: the encoder's method) and decode them; the time in between."""
+        coder = encoder()
+        getattr(coder, encode)(index, model)
         words = coder.get_compressed()
         t = time.perf_counter()
-        stack.AnsCoder(words).decode(model, len(index))
+        decoder(words).decode(model, len(index))
         return t
 
-    def rng():
-        coder = queue.RangeEncoder()
-        coder.encode(index, model)
-        words = coder.get_compressed()
-        t = time.perf_counter()
-        queue.RangeDecoder(words).decode(model, len(index))
-        return t
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    coders = (("constriction AnsCoder only", (stack.AnsCoder, "encode_reverse", stack.AnsCoder)),
+              ("constriction Range coder only", (queue.RangeEncoder, "encode", queue.RangeDecoder)))
     rows = []
-    try:
-        for label, run in (("constriction AnsCoder only", ans), ("constriction Range coder only", rng)):
+    with _one_thread():
+        for label, coder in coders:
             enc, dec = [], []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                t1 = run()
+                t1 = round_trip(*coder)
                 t2 = time.perf_counter()
                 enc.append(t1 - t0)
                 dec.append(t2 - t1)
-            mb = 4 * len(index) / 1e6
-            rows.append({"codec": label, "params": len(index), "bits_per_param": float("nan"),
-                         "encode_MBps": mb / statistics.median(enc), "decode_MBps": mb / statistics.median(dec)})
-    finally:
-        torch.set_num_threads(threads)
+            rows.append(_row(label, len(index), float("nan"), enc, dec))
     return rows
 
 

@@ -1,8 +1,5 @@
-"""Typed experiment configuration: a TOML file plus dotted ``--set key=value`` overrides.
-
-Every key is validated: unknown keys get a "did you mean" error, invalid values name the key and
-the allowed range. Algorithm- and codec-specific options are validated by their own dataclasses.
-"""
+"""Checking a config: keys (with "did you mean"), types, ranges, names that become folders, codec spec
+shapes, devices and faults. ``from_dict`` builds a ``Config`` from plain tables and checks it all."""
 from __future__ import annotations
 
 import copy
@@ -11,12 +8,11 @@ import difflib
 import math
 import numbers
 import re
-import tomllib
 import typing
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from fedsqueeze.config.schema import FAULT_KINDS, Config, EngineConfig
+from fedsqueeze.config.toml_io import _BARE_KEY
 from fedsqueeze.errors import ConfigError
 
 # Names that become a path component (a run's ``name``, a suite's name, its run names, network
@@ -46,111 +42,6 @@ def check_name(value: Any, key: str) -> str:
         raise ConfigError(f"{key} = {value[:40]!r}{'...' if len(value) > 40 else ''} {why}; it names a folder, "
                           f"not a path: {fix}")
     return value
-
-
-@dataclass
-class DataConfig:
-    source: str = "fashion_mnist"
-    dir: str = ""                     # where the dataset files are (else the standard search path)
-    num_clients: int = 100
-    partition: str = "dirichlet"      # iid | dirichlet | shards | natural (the dataset's own clients)
-    alpha: float = 0.5                # Dirichlet concentration (smaller = more label skew)
-    shards_per_client: int = 2        # classes-per-client style split for 'shards'
-    holdout_fraction: float = 0.2     # per-client held-out share for personalised evaluation
-    options: dict = field(default_factory=dict)  # extra keyword arguments for the data source
-
-
-@dataclass
-class ModelConfig:
-    name: str = "mlp"
-    options: dict = field(default_factory=dict)
-
-
-@dataclass
-class TrainConfig:
-    clients_per_round: int = 10
-    client_fraction: float = 0.0      # if > 0, overrides clients_per_round (fraction of all clients)
-    local_epochs: int = 1
-    local_steps: int = 0              # if > 0, a fixed number of SGD steps instead of epochs
-    batch_size: int = 32
-    optimizer: str = "sgd"            # sgd | adam
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    loss: str = "cross_entropy"       # cross_entropy | mse | a name from fedsqueeze.register_loss (metrics/losses.py)
-
-
-@dataclass
-class CodecConfig:
-    up: Any = "fp32"                  # codec spec for client -> server updates
-    down: Any = "fp32"                # codec spec for server -> client broadcasts
-    downlink: str = "broadcast"       # 'broadcast': one payload for all; 'delta': each client gets the coded
-                                      # difference to the copy it holds (engine/delta.py)
-
-
-@dataclass
-class EvalConfig:
-    every: int = 1                    # evaluate the global model every N rounds (and the last round)
-    personal_every: int = 10          # evaluate personalised models on every client's held-out split
-    batch_size: int = 1000
-    metrics: list = field(default_factory=list)  # [] = accuracy + loss (loss alone for float targets); also
-                                      # top<k>, mae, or names from fedsqueeze.register_metric (metrics/losses.py)
-
-
-FAULT_KINDS = ("nan", "raise", "shape", "scale")  # injectable client faults (fedsqueeze.engine.faults)
-
-
-@dataclass
-class EngineConfig:
-    workers: int = 0                  # 0 = clients run in this process; N = pool of N worker processes
-    checkpoint_every: int = 1         # rounds between checkpoints (0 = never)
-    # replies (both engines): a step that ends with fewer than min_replies *valid* replies (see
-    # fedsqueeze.engine.validation) is skipped or fails the run per too_few
-    min_replies: int = 1              # fewest valid client replies a communication step accepts
-    round_timeout: float = 600.0      # seconds a step waits for replies (simulation: for a worker to finish a task)
-    retries: int = 1                  # with too few replies: ask the clients that did not reply again, N times
-    too_few: str = "skip"             # still too few: 'skip' the round (nothing changes) or 'fail' the run
-    max_update_norm: float = 0.0      # reject a message whose L2 norm (all its tensors) exceeds this; 0 = off
-    # simulated faults (off by default; deterministic in (seed, round, step, client)): fedsqueeze.engine.faults
-    dropout: float = 0.0              # simulation: probability a sampled client does not reply (per attempt)
-    straggler: float = 0.0            # simulation: probability a client misses the step's deadline (per attempt)
-    vectorize: bool = False           # in process: train a step's clients together (torch.func.vmap); engine.vectorized
-    faults: dict = field(default_factory=dict)  # testing: {"nan"|"raise"|"shape"|"scale": probability per step}
-    # where clients train and models are evaluated (docs/gpu.md): auto = CUDA when available, else CPU
-    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps
-    devices: list = field(default_factory=list)  # worker pool: devices its workers use round-robin, e.g. ["cuda:0", "cuda:1"]
-    deterministic: bool = True        # CUDA: deterministic kernels (torch.use_deterministic_algorithms, cuDNN, cuBLAS)
-    tf32: bool = False                # CUDA: allow TF32 matmuls/convolutions (faster, ~1e-3 relative error)
-    # stragglers in time (simulation; engine/deadline.py): compute + simulated transfer time over the deadline
-    deadline_s: float = 0.0           # seconds a client has per step; 0 = no deadline
-    network: Any = ""                 # deadline_s: a compare network profile (lte, wifi, ... or a table); "" = no transfer time
-    seconds_per_sample: float = 0.0   # deadline_s: modelled compute (s per training sample); 0 = measured wall time
-
-
-@dataclass
-class Config:
-    name: str = "experiment"
-    seed: int = 0
-    rounds: int = 20
-    output_dir: str = "runs"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    algorithm: dict = field(default_factory=lambda: {"name": "fedavg"})
-    codec: CodecConfig = field(default_factory=CodecConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-
-    @property
-    def algorithm_name(self) -> str:
-        return str(self.algorithm.get("name", "fedavg"))
-
-    @property
-    def algorithm_params(self) -> dict:
-        return {k: v for k, v in self.algorithm.items() if k != "name"}
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # sane maxima: far beyond any experiment this package runs, small enough that a typo (an extra zero or
@@ -253,8 +144,6 @@ def _get(cfg: Config, dotted: str) -> Any:
         obj = getattr(obj, part)
     return obj
 
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 def _check_plain(value: Any, key: str, depth: int = 0) -> None:
@@ -375,141 +264,3 @@ def _check_faults(faults: dict) -> None:
         raise ConfigError(f"engine.faults probabilities sum to {sum(faults.values()):g} > 1; a client has at "
                           "most one fault per step, lower them")
 
-
-TOML_BYTES_MAX = 4 << 20  # a config or suite file larger than this is not one
-
-
-def parse_toml(text: str, where: str) -> dict:
-    """``tomllib.loads`` with one-line errors: invalid syntax, and nesting too deep for the parser."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where}: invalid TOML: {e}; fix the syntax there") from e
-    except RecursionError:
-        raise ConfigError(f"{where}: arrays or tables are nested too deeply for a config; a few levels "
-                          "at most") from None
-
-
-def read_toml(path: str | Path, what: str = "config file") -> dict:
-    """A TOML file's tables, or a one-line ConfigError: not a file, too large, not UTF-8, invalid TOML."""
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{what} {str(p)!r} is a folder; give the TOML file inside it")
-    if not p.is_file():
-        raise ConfigError(f"{what} {str(p)!r} is not a regular file; give a TOML file")
-    size = p.stat().st_size
-    if size > TOML_BYTES_MAX:
-        raise ConfigError(f"{what} {str(p)!r} is {size:,} bytes, more than a config can be "
-                          f"({TOML_BYTES_MAX:,}); give the right file")
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
-                          "save it as UTF-8") from None
-    return parse_toml(text, str(p))
-
-
-def toml_string(text: str) -> str:
-    """``text`` as a TOML basic string: quotes, backslashes and control characters escaped."""
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch in "\b\t\n\f\r":
-            out.append({"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr=0.1"`` -> (["train", "lr"], 0.1). Values are TOML; bare words become strings."""
-    if "=" not in text:
-        raise ConfigError(f"override {text[:80]!r} must look like key=value, e.g. train.lr=0.1")
-    key, _, value = text.partition("=")
-    key = key.strip()
-    if not key or any(not p.strip() for p in key.split(".")):
-        raise ConfigError(f"override {text[:80]!r} has an empty key; write key=value, e.g. train.lr=0.1")
-    try:
-        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value.strip()
-    except RecursionError:
-        raise ConfigError(f"override {key!r}: the value is nested too deeply; give a number, string or "
-                          "short list") from None
-    return key.split("."), parsed
-
-
-def apply_overrides(raw: dict, overrides: list) -> dict:
-    """``raw`` with each override applied: ``"key=TOML value"`` from the command line, or a ``(dotted_key,
-    value)`` pair for values that are data, not TOML (paths: ``("data.dir", folder)``)."""
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        if isinstance(item, tuple):
-            text = f"{item[0]}=..."
-            path, value = item[0].split("."), item[1]
-        else:
-            text = item
-            path, value = parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text[:80]!r}: {part!r} is not a table")
-        node[path[-1]] = value
-    return raw
-
-
-def load_config(path: str | Path | None = None, overrides: list | None = None) -> Config:
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            exists = p.exists()
-        except OSError:  # e.g. a name longer than the file system allows
-            exists = False
-        if not exists:
-            from fedsqueeze import presets
-
-            preset = presets.path(str(path)) if len(str(path)) <= 200 else None
-            if preset is None:
-                raise ConfigError(f"config file {str(p)[:200]!r} not found; give a TOML file or a preset name "
-                                  "(`fedsqueeze presets` lists them, e.g. digits-quick)")
-            p = preset
-        raw = read_toml(p)
-    return from_dict(apply_overrides(raw, overrides or []))
-
-
-def to_toml(data: dict) -> str:
-    """A small TOML writer for resolved configs (tables, scalars, lists, inline tables)."""
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return toml_string(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{key(k)} = {scalar(x)}" for k, x in v.items()) + "}"
-        raise TypeError(f"cannot write {v!r} as TOML")
-
-    def key(k: Any) -> str:  # bare when it may be, else a quoted key
-        return k if isinstance(k, str) and _BARE_KEY.fullmatch(k) else toml_string(str(k))
-
-    lines: list[str] = []
-    tables = []
-    for k, v in data.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append(f"{key(k)} = {scalar(v)}")
-    for name, table in tables:
-        lines.append(f"\n[{key(name)}]")
-        for k, v in table.items():
-            lines.append(f"{key(k)} = {scalar(v)}")
-    return "\n".join(lines) + "\n"

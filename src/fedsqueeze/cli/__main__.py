@@ -1,0 +1,5 @@
+import sys
+
+from fedsqueeze.cli import main
+
+sys.exit(main())
