@@ -174,12 +174,12 @@ def test_wheel_contents_and_run_outside_checkout(tmp_path):  # ~9 s: not marked 
     py = venv / "bin" / "python"
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}  # no checkout in sight
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q",
-                    "--disable-pip-version-check", str(wheel)], check=True, timeout=300)
+                    "--disable-pip-version-check", str(wheel)], check=True, timeout=300, env=env)
     import sysconfig
 
     Path(purelib, "_deps_from_test_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     p = subprocess.run([str(py), "-c", "import fedsqueeze, sys; print(fedsqueeze.__file__)"],
                        capture_output=True, text=True, cwd=work, env=env, timeout=60)
     assert p.stdout.strip().startswith(purelib), p.stdout + p.stderr  # the wheel's copy, not the checkout's
